@@ -164,8 +164,10 @@ def _cmd_generate(args: argparse.Namespace, overrides: list[tuple[str, str]]) ->
 
     if args.max_new_tokens < 0 or args.temperature < 0 or (args.top_k is not None and args.top_k < 1):
         raise ConfigError("--max-new-tokens and --temperature must be >= 0 and --top-k >= 1")
+    from .data import load_tokenizer
+
     trainer = _load_run(args.run, None)
-    tok = trainer.data.tokenizer
+    tok = load_tokenizer(args.run)
     ids = tok.encode(args.prompt) if args.prompt else [tok.eot_id]
     idx = torch.tensor([ids], device=trainer.device)
     gen = torch.Generator(device=trainer.device).manual_seed(args.seed)

@@ -150,3 +150,11 @@ def test_aux_losses_reach_the_loss_and_stats_are_logged(tmp_path, tiny_cfg):
         assert last["loss"] > last["layer0/ffn/penalty"] + last["layer1/ffn/penalty"]
     finally:
         _REGISTRIES["channel_mixer"].pop("_test_aux")
+
+
+def test_compiled_blocks_train_like_eager(tmp_path, tiny_cfg):
+    """train.compile=true (torch.compile per block, inductor on CPU) gives the eager losses."""
+    over = [("train.steps", "3"), ("train.ckpt_every", "0")]
+    eager = Trainer(tiny_cfg(over), tmp_path / "e").fit().losses
+    compiled = Trainer(tiny_cfg(over + [("train.compile", "true")]), tmp_path / "c").fit().losses
+    assert compiled == pytest.approx(eager, abs=1e-4)

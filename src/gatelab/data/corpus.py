@@ -101,7 +101,10 @@ def split_documents(texts: list[str], val_fraction: float, what: str, domains: l
     """Deterministic train/val split by document index (every ~1/f-th document is validation)."""
     is_val = np.zeros(len(texts), dtype=bool)
     is_val[val_indices(len(texts), val_fraction, what)] = True
-    pick = lambda seq, v: [s for s, flag in zip(seq, is_val) if flag == v]  # noqa: E731
+
+    def pick(seq: list, v: bool) -> list:
+        return [s for s, flag in zip(seq, is_val) if flag == v]
+
     return Documents(
         pick(texts, False), pick(texts, True),
         None if domains is None else pick(domains, False),

@@ -253,6 +253,7 @@ class Trainer:
             self.load(ckpts[-1])
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+        self.data.tokenizer.save(self.out_dir)  # `gatelab generate` decodes with exactly this tokenizer
         logger = MetricsLogger(self.out_dir, cfg.log.tensorboard, resume_step=self.step if resume else None)
         result = TrainResult(self.out_dir, self.step)
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum
@@ -269,7 +270,8 @@ class Trainer:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize()
                     dt = (time.perf_counter() - window_t0) / window_steps
-                    record = {"step": self.step, "loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
+                    record = {"step": self.step, "loss": sum(result.losses[-window_steps:]) / window_steps,
+                              "step_loss": loss, "lr": self.optimizer.param_groups[0]["lr"],
                               "grad_norm": grad_norm, "step_time_ms": 1000 * dt,
                               "tokens_per_s": tokens_per_step / dt, "skipped": self.skipped}
                     record.update(self._compute_figures(out, tokens_per_step / dt))
