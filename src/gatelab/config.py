@@ -69,7 +69,7 @@ class RunConfig(ConfigBase):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: Any = component("optimizer", "adamw", lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    schedule: Any = component("schedule", "cosine", warmup_steps=20)
+    schedule: Any = component("schedule", "cosine", warmup_steps=0)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -84,6 +84,10 @@ def _load_builtins() -> None:
 _BUILTIN_MODULES = (
     "gatelab.models.layers",
     "gatelab.attention",
+    "gatelab.routing",
+    "gatelab.moe",
+    "gatelab.depth",
+    "gatelab.quant",
     "gatelab.optim",
     "gatelab.data",
 )

@@ -1,0 +1,1 @@
+"""gatelab.moe: mixture-of-experts layer = router + dispatcher + experts (issue 4)."""

@@ -1,0 +1,1 @@
+"""gatelab.quant: ternary BitLinear and gated low-rank corrections (issue 11)."""
