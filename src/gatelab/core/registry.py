@@ -27,6 +27,8 @@ KINDS = (
     "schedule",
     "corpus",
     "tokenizer",
+    "linear",  # replacement for the nn.Linear layers of mixers / FFNs (ternary BitLinear, HGF)
+    "depth",  # adaptive depth: how each block's residual update runs (skip gates, MoD, ...)
 )
 
 _REGISTRIES: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}

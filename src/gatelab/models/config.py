@@ -7,9 +7,11 @@ channel mixer (FFN) chosen by registry name, with an optional per-layer pattern.
       block: {mixer: {name: attention, n_head: 4}, ffn: {name: swiglu}}
       variants: {moe: {ffn: {name: moe, n_experts: 8}}}   # partial overrides of `block`
       pattern: [base, moe]                                  # cycled over the layers
+      depth: {name: mod, capacity: 0.125}                   # adaptive depth (gatelab.depth)
 
 `pattern` names a variant per layer ("base" is `block` itself) and repeats to fill
 `n_layer`, so "every 2nd layer MoE" and "3 linear : 1 attention" hybrids are one line.
+`depth` decides per block and token whether the block runs (default "none": all run).
 """
 from __future__ import annotations
 
@@ -38,6 +40,8 @@ class ModelConfig(ConfigBase):
     block: BlockConfig = field(default_factory=BlockConfig)
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     pattern: list[str] = field(default_factory=list)
+    linear: Any = component("linear", "none")  # mixers' and FFNs' linears: none | bitlinear | hgf (gatelab.quant)
+    depth: Any = component("depth", "none")  # adaptive depth (gatelab.depth): how blocks run per token
 
     def validate(self) -> None:
         check(self.vocab_size >= 0, "vocab_size", self.vocab_size, "must be >= 0 (0 = from the tokenizer)")
@@ -53,6 +57,9 @@ class ModelConfig(ConfigBase):
                 check_dims = getattr(comp.options, "check_dims", None)
                 if check_dims is not None:
                     check_dims(self.d_model, f"{self._block_path(i)}.{part}")
+        check_layers = getattr(self.depth.options, "check_layers", None)
+        if check_layers is not None:
+            check_layers(self.n_layer, "depth")
 
     def _block_path(self, layer: int) -> str:
         name = self.pattern[layer % len(self.pattern)] if self.pattern else "base"

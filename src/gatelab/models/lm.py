@@ -2,6 +2,9 @@
 
 token embedding -> n_layer x Block -> final norm -> LM head (optionally tied).
 Each Block is pre-norm:  x = x + mixer(norm1(x));  x = x + ffn(norm2(x)).
+How each block runs per token is the config's depth method (`gatelab.depth`): "none" runs
+every block on every token; skip gates and mixture-of-depths run a block's residual
+update on the selected tokens only.
 The mixer and ffn are whatever the config names (attention, gated attention, linear
 mixers; SwiGLU, MoE, ...), and may differ per layer (`ModelConfig.pattern`).
 
@@ -22,6 +25,8 @@ from torch import Tensor, nn
 from ..core.aux import AuxOutputs, ForwardContext
 from ..core.config import Component
 from ..core.flops import ComputeMeter
+from ..depth import build_depth
+from ..quant import quantize_linears
 from .config import BlockConfig, ModelConfig
 
 
@@ -39,11 +44,19 @@ class Block(nn.Module):
         self.ffn = build_part(cfg.ffn, d_model)
         self._norm_params = sum(p.numel() for p in self.norm1.parameters())
 
+    def mix(self, x_BTD: Tensor, ctx: ForwardContext) -> Tensor:
+        """The token-mixing residual branch: mixer(norm1(x))."""
+        ctx.meter.add("norms", 0, x_BTD.shape[0] * x_BTD.shape[1] * self._norm_params)
+        return self.mixer(self.norm1(x_BTD), ctx.scoped("mixer"))
+
+    def channel(self, x_BTD: Tensor, ctx: ForwardContext) -> Tensor:
+        """The channel-mixing residual branch: ffn(norm2(x))."""
+        ctx.meter.add("norms", 0, x_BTD.shape[0] * x_BTD.shape[1] * self._norm_params)
+        return self.ffn(self.norm2(x_BTD), ctx.scoped("ffn"))
+
     def forward(self, x_BTD: Tensor, ctx: ForwardContext) -> Tensor:
-        x_BTD = x_BTD + self.mixer(self.norm1(x_BTD), ctx.scoped("mixer"))
-        x_BTD = x_BTD + self.ffn(self.norm2(x_BTD), ctx.scoped("ffn"))
-        ctx.meter.add("norms", 0, 2 * x_BTD.shape[0] * x_BTD.shape[1] * self._norm_params)
-        return x_BTD
+        x_BTD = x_BTD + self.mix(x_BTD, ctx)
+        return x_BTD + self.channel(x_BTD, ctx)
 
 
 @dataclass
@@ -66,11 +79,13 @@ class LM(nn.Module):
         d = cfg.d_model
         self.embed = nn.Embedding(cfg.vocab_size, d)
         self.blocks = nn.ModuleList(Block(b, d) for b in cfg.layer_blocks())
+        self.depth = build_depth(cfg.depth, cfg.n_layer, d)
         self.norm = build_part(cfg.block.norm, d)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self._init_weights()
+        quantize_linears(self.blocks, cfg.linear)  # after init: the swap copies the initialised weights
 
     # ------------------------------------------------------------------ init & counts
     def _init_weights(self) -> None:
@@ -104,7 +119,7 @@ class LM(nn.Module):
         ctx = ForwardContext(token_ids=idx_BT, domains=domains_BT, pos=pos)
         x_BTD = self.embed(idx_BT)
         for i, block in enumerate(self.blocks):
-            x_BTD = block(x_BTD, ctx.for_layer(i, caches[i] if caches is not None else None))
+            x_BTD = self.depth(i, block, x_BTD, ctx.for_layer(i, caches[i] if caches is not None else None))
         x_BTD = self.norm(x_BTD)
         logits_BTV = self.lm_head(x_BTD)
         ctx.meter.add("final_norm", 0, B * T * sum(p.numel() for p in self.norm.parameters()))
@@ -113,9 +128,10 @@ class LM(nn.Module):
 
     # ------------------------------------------------------------------ generation
     def init_caches(self, batch: int, max_len: int) -> list[Any] | None:
-        """One inference cache per layer, or None if some mixer has no incremental form."""
+        """One inference cache per layer, or None if some mixer (or the depth method, whose
+        token selection may change the cached sequence) has no incremental form."""
         p = self.embed.weight
-        if not all(hasattr(b.mixer, "init_cache") for b in self.blocks):
+        if not self.depth.supports_cache or not all(hasattr(b.mixer, "init_cache") for b in self.blocks):
             return None
         return [b.mixer.init_cache(batch, max_len, p.device, p.dtype) for b in self.blocks]
 

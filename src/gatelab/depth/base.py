@@ -1,0 +1,63 @@
+"""The depth seam: a depth method decides, per block and token, whether the block runs.
+
+`LM.forward` calls ``x = depth(layer, block, x, ctx)`` for every layer. The block exposes
+its two residual branches (`block.mix`, `block.channel`) and runs whole (`block(x, ctx)`).
+A method that skips tokens gathers the kept ones, runs the block (or branch) on them only
+and scatters the update back (`routed.run_selected`), so the compute meter — which counts
+rows from the tensors it sees — records only executed work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import Tensor, nn
+
+from ..core.aux import ForwardContext
+from ..core.config import Component
+from ..core.registry import register
+
+
+class BlockLike(Protocol):
+    """What a depth method needs from a block (gatelab.models.Block satisfies it)."""
+
+    def __call__(self, x_BTD: Tensor, ctx: ForwardContext) -> Tensor: ...
+    def mix(self, x_BTD: Tensor, ctx: ForwardContext) -> Tensor: ...
+    def channel(self, x_BTD: Tensor, ctx: ForwardContext) -> Tensor: ...
+
+
+class DepthMethod(nn.Module):
+    """Base class: ``forward(layer, block, x_BTD, ctx) -> x_BTD``.
+
+    `supports_cache` is False for methods whose token selection changes which tokens a
+    block's attention sees; generation then recomputes the sequence each step.
+    """
+
+    supports_cache: bool = True
+
+    def __init__(self, n_layer: int, d_model: int):
+        super().__init__()
+        self.n_layer, self.d_model = n_layer, d_model
+
+    def forward(self, layer: int, block: BlockLike, x_BTD: Tensor, ctx: ForwardContext) -> Tensor:
+        raise NotImplementedError
+
+
+def build_depth(comp: Component, n_layer: int, d_model: int) -> DepthMethod:
+    """Instantiate the configured depth method (`ModelConfig.depth`)."""
+    return comp.cls(n_layer, d_model, comp.options)
+
+
+@register("depth", "none")
+class Dense(DepthMethod):
+    """Every block runs on every token (the dense model)."""
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, n_layer: int, d_model: int, cfg: Config | None = None):
+        super().__init__(n_layer, d_model)
+
+    def forward(self, layer: int, block: BlockLike, x_BTD: Tensor, ctx: ForwardContext) -> Tensor:
+        return block(x_BTD, ctx)
