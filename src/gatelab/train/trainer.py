@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..attention import sink_metric
 from ..config import RunConfig
 from ..core.config import Component, dump_yaml, to_dict
 from ..core.errors import CheckpointError, ConfigError, NonFiniteLossError
@@ -173,7 +174,8 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation loss over the fixed eval batches (per domain too when labelled)."""
+        """Validation loss over the fixed eval batches (per domain too when labelled), and the
+        attention-sink share and max activation per layer on the first eval batch."""
         self.model.eval()
         total, count = 0.0, 0
         dom_sum: dict[int, float] = {}
@@ -191,6 +193,7 @@ class Trainer:
                     dom_cnt[d] = dom_cnt.get(d, 0) + c
         val = total / count
         res = {"val_loss": val, "val_bits_per_token": val / math.log(2)}
+        res.update(sink_metric.measure(self.model, self._to_device(self.eval_set[0]).x))  # F-Attn, M-Act
         names = self.data.domain_names
         for d in sorted(dom_sum):
             label = names[d] if names is not None and d < len(names) else str(d)
