@@ -25,3 +25,25 @@ def test_trainer_runs_depth_methods(tmp_path, depth, stat):
     rec = read_metrics(tmp_path)[-1]
     assert stat in rec and rec["val_loss"] == result.final["val_loss"]
     assert any(k.endswith("/domain0") for k in rec)  # the synthetic corpus carries domain labels
+
+
+def test_sink_metric_tolerates_layers_that_saw_no_first_token():
+    """MoD's predictor may keep <= 1 token of a sequence in a layer: the sink metric skips
+    that layer instead of failing (regression: KeyError 'first_token_mass_H')."""
+    import torch
+
+    from gatelab.attention.sink_metric import measure
+    from gatelab.core.config import parse
+    from gatelab.models import LM, ModelConfig
+
+    torch.manual_seed(0)
+    model = LM(parse(ModelConfig, {"vocab_size": 37, "d_model": 16, "n_layer": 2,
+                                   "block": {"mixer": {"name": "attention", "n_head": 2}},
+                                   "depth": {"name": "mod", "capacity": 0.125, "every": 1}}))
+    assert len(model.depth.predictors) == 2
+    for pred in model.depth.predictors.values():  # the predictor rejects every token
+        last = [m for m in pred.modules() if isinstance(m, torch.nn.Linear)][-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.constant_(last.bias, -10.0)
+    out = measure(model, torch.randint(0, 37, (2, 8)))
+    assert "f_attn" not in out  # no layer had a measurable first-token share

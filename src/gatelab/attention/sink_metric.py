@@ -66,8 +66,11 @@ def measure(model: nn.Module, idx_BT: Tensor) -> dict[str, float]:
             h.remove()
         model.train(was_training)
     out: dict[str, float] = {}
-    if attn_layers and idx_BT.shape[1] > 1:
-        mass = [(i, slot["first_token_mass_H"]) for (i, _), slot in zip(attn_layers, slots)]
+    # a layer whose attention never saw token 0 with a later query (e.g. a depth method kept
+    # one token of the sequence there) has no measurement
+    mass = [(i, slot["first_token_mass_H"]) for (i, _), slot in zip(attn_layers, slots)
+            if "first_token_mass_H" in slot]
+    if mass and idx_BT.shape[1] > 1:
         out["f_attn"] = float(torch.stack([m_H.mean() for _, m_H in mass]).mean())
         out["f_attn_max_head"] = float(torch.stack([m_H.max() for _, m_H in mass]).mean())
         for i, m_H in mass:
