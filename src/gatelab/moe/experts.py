@@ -1,0 +1,98 @@
+"""Stacked FFN experts: weights as [E, ...] tensors, applied per expert or grouped.
+
+SwiGLU (Shazeer 2020): y = (silu(x W_g) * (x W_u)) W_o with w_in = [W_g | W_u] of shape
+[E, D, 2H]; GELU: y = gelu(x W_in) W_o with w_in [E, D, H]; w_out is [E, H, D].
+
+`gmm` / `gmm_wgrad` are the grouped matmuls of the dropless dispatcher over rows sorted
+by expert: `torch.nn.functional.grouped_mm` where it supports the dtype/layout
+(fp32/bf16/fp16 with 16-byte aligned rows; it has CPU kernels in torch 2.13 and measured
+faster than the per-expert loop in benchmarks/moe.py), else a loop over the contiguous
+per-expert slices (float64, odd widths). Both are exact.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Activation = Literal["swiglu", "gelu"]
+GroupedImpl = Literal["auto", "grouped_mm", "loop"]
+
+_GROUPED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+class Experts(nn.Module):
+    """`n` FFN experts of width `hidden` stored as stacked tensors."""
+
+    def __init__(self, n: int, d_model: int, hidden: int, activation: Activation = "swiglu"):
+        super().__init__()
+        if activation not in ("swiglu", "gelu"):
+            raise ValueError(f"unknown expert activation {activation!r}; use swiglu or gelu")
+        self.n, self.d_model, self.hidden, self.activation = n, d_model, hidden, activation
+        d_in_out = 2 * hidden if activation == "swiglu" else hidden
+        self.w_in = nn.Parameter(torch.empty(n, d_model, d_in_out))
+        self.w_out = nn.Parameter(torch.empty(n, hidden, d_model))
+        self.init_weights(0.02)
+
+    @property
+    def params_per_expert(self) -> int:
+        return self.w_in[0].numel() + self.w_out[0].numel()
+
+    def init_weights(self, std: float) -> None:
+        nn.init.normal_(self.w_in, std=std)
+        nn.init.normal_(self.w_out, std=std)
+
+    def act(self, h_NF: Tensor) -> Tensor:
+        if self.activation == "swiglu":
+            gate_NH, up_NH = h_NF.chunk(2, dim=-1)
+            return F.silu(gate_NH) * up_NH
+        return F.gelu(h_NF)
+
+    def forward_one(self, e: int, x_ND: Tensor) -> Tensor:
+        """Expert `e` applied to rows x_ND."""
+        return self.act(x_ND @ self.w_in[e]) @ self.w_out[e]
+
+    def forward_each(self, x_ND_per_expert: list[Tensor]) -> list[Tensor]:
+        """Expert e applied to the e-th row block; `unbind` makes the weight gradient one
+        stack instead of E full-size zero-filled gradients (as `w_in[e]` would)."""
+        return [self.act(x_ND @ w_in) @ w_out
+                for x_ND, w_in, w_out in zip(x_ND_per_expert, self.w_in.unbind(0), self.w_out.unbind(0))]
+
+    def act_backward(self, h_NF: Tensor, g_NH: Tensor) -> Tensor:
+        """Gradient wrt h of `act(h)` given the gradient g of its output (no autograd graph)."""
+        if self.activation == "swiglu":
+            gate_NH, up_NH = h_NF.chunk(2, dim=-1)
+            sig_NH = torch.sigmoid(gate_NH)
+            d_silu_NH = sig_NH * (1 + gate_NH * (1 - sig_NH))
+            return torch.cat([g_NH * up_NH * d_silu_NH, g_NH * gate_NH * sig_NH], dim=-1)
+        return torch.ops.aten.gelu_backward(g_NH, h_NF)
+
+    def grouped_mm_ok(self, x_AD: Tensor) -> bool:
+        """Whether `F.grouped_mm` supports these operands (dtype, 16-byte aligned rows)."""
+        if not hasattr(F, "grouped_mm") or x_AD.dtype not in _GROUPED_DTYPES or self.w_in.dtype != x_AD.dtype:
+            return False
+        per16 = 16 // x_AD.element_size()
+        return self.d_model % per16 == 0 and self.hidden % per16 == 0
+
+    def resolve_impl(self, x_AD: Tensor, impl: GroupedImpl) -> GroupedImpl:
+        if impl == "auto":
+            return "grouped_mm" if self.grouped_mm_ok(x_AD) else "loop"
+        return impl
+
+
+def gmm(a_AK: Tensor, b_EKN: Tensor, counts_E: Tensor, impl: GroupedImpl) -> Tensor:
+    """Grouped matmul: rows of group e (counts_E[e] consecutive rows) times b_EKN[e] -> (A, N)."""
+    if impl == "grouped_mm":
+        return F.grouped_mm(a_AK, b_EKN, offs=torch.cumsum(counts_E, 0).to(torch.int32))
+    parts = [a_NK @ b_EKN[e] for e, a_NK in enumerate(a_AK.split(counts_E.tolist()))]
+    return torch.cat(parts + [a_AK.new_zeros(0, b_EKN.shape[-1])])
+
+
+def gmm_wgrad(a_AK: Tensor, b_AN: Tensor, counts_E: Tensor, impl: GroupedImpl) -> Tensor:
+    """Per-group a^T b over each group's rows -> (E, K, N) (weight gradients of `gmm`)."""
+    if impl == "grouped_mm":
+        return F.grouped_mm(a_AK.t(), b_AN, offs=torch.cumsum(counts_E, 0).to(torch.int32))
+    sizes = counts_E.tolist()
+    return torch.stack([a_NK.t() @ b_NN for a_NK, b_NN in zip(a_AK.split(sizes), b_AN.split(sizes))])
