@@ -3,7 +3,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -131,11 +130,8 @@ def test_domain_labels_align_with_tokens():
     assert data.val.n_docs == 14
 
 
-def test_default_build_is_fast_and_sized():
-    t0 = time.perf_counter()
+def test_default_build_is_sized():
     data = build_data(DataConfig())
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 1.0, f"default synthetic corpus took {elapsed:.2f}s to build"
     total = data.info["train_bytes"] + data.info["val_bytes"]
     assert 400_000 < total < 700_000
     assert data.domain_names == DOMAINS
