@@ -104,7 +104,7 @@ TABLE_COLUMNS = [
     ("train_loss", "train loss", "{:.4f}"),
     ("val_loss", "val loss", "{:.4f}"),
     ("f_attn", "sink share (F-Attn)", "{:.3f}"),
-    ("m_act", "max |act|", "{:.1f}"),
+    ("m_act", "max abs act (M-Act)", "{:.1f}"),
     ("tokens_per_s", "tokens/s", "{:,.0f}"),
     ("wall_s", "wall s", "{:.1f}"),
 ]
