@@ -142,12 +142,12 @@ def write_report(rows: list[dict[str, Any]], out_dir: Path) -> None:
         dom_rows = [{"variant": r["variant"], **r["val_by_domain"]} for r in rows]
         cols = [("variant", "variant", "{}")] + [(d, d, "{:.3f}") for d in domains]
         lines += ["## Validation loss by domain", "", markdown_table(dom_rows, cols), ""]
-    if _plot_losses(rows, out_dir / "loss_curves.png"):
-        lines += ["![loss curves](loss_curves.png)", ""]
+    _plot_losses(rows, out_dir / "loss_curves.png")
+    lines += ["![loss curves](loss_curves.png)", ""]
     (out_dir / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
-def _plot_losses(rows: list[dict[str, Any]], path: Path) -> bool:
+def _plot_losses(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,4 +171,3 @@ def _plot_losses(rows: list[dict[str, Any]], path: Path) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True

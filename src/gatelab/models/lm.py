@@ -81,6 +81,7 @@ class LM(nn.Module):
         self.blocks = nn.ModuleList(Block(b, d) for b in cfg.layer_blocks())
         self.depth = build_depth(cfg.depth, cfg.n_layer, d)
         self.norm = build_part(cfg.block.norm, d)
+        self._final_norm_params = sum(p.numel() for p in self.norm.parameters())
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -122,7 +123,7 @@ class LM(nn.Module):
             x_BTD = self.depth(i, block, x_BTD, ctx.for_layer(i, caches[i] if caches is not None else None))
         x_BTD = self.norm(x_BTD)
         logits_BTV = self.lm_head(x_BTD)
-        ctx.meter.add("final_norm", 0, B * T * sum(p.numel() for p in self.norm.parameters()))
+        ctx.meter.add("final_norm", 0, B * T * self._final_norm_params)
         ctx.meter.add("lm_head", 2 * B * T * self.cfg.d_model * self.cfg.vocab_size)
         return LMOutput(logits_BTV, ctx.aux, ctx.meter)
 

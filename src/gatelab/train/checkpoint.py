@@ -143,22 +143,28 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[st
     if meta.get("format") != "gatelab-checkpoint-1":
         raise CheckpointError(f"checkpoint {str(path)!r} has unknown format {meta.get('format')!r}")
     if model is not None:
-        try:
-            missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-        except (SafetensorError, OSError) as e:
-            raise CheckpointError(f"checkpoint {str(path)!r}: model.safetensors is corrupt ({e})") from None
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} does not fit this model ({' '.join(first[:2])}); "
-                "use the config the checkpoint was trained with"
-            ) from None
-        if missing or unexpected:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} does not fit this model: missing {sorted(missing)[:4]}, "
-                f"unexpected {sorted(unexpected)[:4]}; use the config the checkpoint was trained with"
-            )
+        load_weights(path, model)
     try:
         return unflatten_tensors(meta["state"], tensors)
     except KeyError as e:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: tensor {e} is missing") from None
+
+
+def load_weights(path: str | Path, model: nn.Module) -> None:
+    """Load a checkpoint's ``model.safetensors`` into `model` (strictly; tied weights once)."""
+    path = Path(path)
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: model.safetensors is corrupt ({e})") from None
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit this model ({' '.join(first[:2])}); "
+            "use the config the checkpoint was trained with"
+        ) from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit this model: missing {sorted(missing)[:4]}, "
+            f"unexpected {sorted(unexpected)[:4]}; use the config the checkpoint was trained with"
+        )

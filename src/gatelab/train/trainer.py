@@ -28,7 +28,7 @@ from ..core.config import Component, dump_yaml, to_dict
 from ..core.errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..data import Batch, DataBundle, RandomWindowSampler, build_data, eval_batches
 from ..models import LM, LMOutput
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import list_checkpoints, load_checkpoint, load_weights, save_checkpoint
 from .metrics import MetricsLogger
 
 
@@ -224,8 +224,8 @@ class Trainer:
     def load(self, path: str | Path) -> None:
         """Restore model, optimizer, schedule, data position and RNG from a checkpoint."""
         state = load_checkpoint(path)
-        self._check_compatible(state["config"], path)
-        load_checkpoint(path, self.model)
+        self._check_compatible(state["config"], path)  # before the weights: a config error, not a shape error
+        load_weights(path, self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
