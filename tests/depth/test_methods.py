@@ -170,11 +170,41 @@ def test_mod_generation_is_consistent_with_the_full_forward(lm):
     for p in model.depth.predictors.parameters():
         p.data.normal_(0, 1.0)
     model.eval()
-    assert model.init_caches(1, 8) is None  # routed methods recompute (no KV cache)
     prompt = torch.randint(0, V, (2, 3))
-    seq = model.generate(prompt, 6, temperature=0)
+    seq = model.generate(prompt, 6, temperature=0, use_cache=False)
     logits = model(seq).logits
     assert torch.equal(logits[:, 2:-1].argmax(-1), seq[:, 3:])  # each token = greedy of its prefix
+    assert torch.equal(model.generate(prompt, 6, temperature=0), seq)  # the packed KV cache path
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_mod_packed_kv_cache_decoding_equals_full_forward(lm, every):
+    model, _ = lm({"name": "mod", "capacity": 0.5, "every": every}, n_layer=2)
+    torch.manual_seed(2)
+    for p in model.depth.predictors.parameters():  # token-dependent decisions (hidden states are ~0.02)
+        p.data.normal_(0, 20.0) if p.dim() == 2 else p.data.zero_()
+    model.eval()
+    x = torch.randint(0, V, (3, 12))
+    full = model(x)
+    kept = float(full.aux.stats["layer1/processed"])
+    assert 0.1 < kept < 0.9  # tokens differ in whether they run the routed block
+    caches = model.init_caches(3, 12)
+    parts, pos = [], 0
+    for chunk in (4, 1, 1, 3, 1, 2):  # prefill, single tokens and chunks after a prefix
+        out = model(x[:, pos:pos + chunk], caches=caches, pos=pos)
+        parts.append(out.logits)
+        pos += chunk
+    torch.testing.assert_close(torch.cat(parts, 1), full.logits, rtol=0, atol=1e-10)
+    assert sum(caches[1].lengths) == round(kept * x.numel())  # only kept tokens entered the routed cache
+
+
+def test_mod_without_a_causal_rule_has_no_kv_cache(lm):
+    model, _ = lm({"name": "mod", "capacity": 0.5, "every": 1, "sampling": "topk"})
+    model.eval()
+    assert model.init_caches(2, 8) is None
+    caches = [b.mixer.init_cache(2, 8, "cpu", torch.float64) for b in model.blocks]
+    with pytest.raises(ValueError, match="MixtureOfDepths has no KV-cache path"):
+        model(torch.randint(0, V, (2, 4)), caches=caches)
 
 
 def test_mod_predictor_loss_trains_only_the_predictor(lm):
@@ -210,3 +240,42 @@ def test_gateskip_random_selection_baseline_keeps_the_budget(lm):
     a = model(x).logits
     torch.manual_seed(2)
     assert not torch.allclose(a, model(x).logits)  # a different random subset
+
+
+# ---------------------------------------------------------------- GateSkip training-time skip ramp
+def test_gateskip_ramp_schedule_and_post_step():
+    method = GateSkip(2, 8, GateSkip.Config(ramp_from=0.01, ramp_to=0.1, ramp_steps=10))
+    assert method.train_skip() == pytest.approx(0.01)
+    for _ in range(5):
+        method.post_step()
+    assert method.train_skip() == pytest.approx(0.055)
+    for _ in range(10):
+        method.post_step()
+    assert method.train_skip() == pytest.approx(0.1) and int(method.steps_done) == 15
+    assert "steps_done" in method.state_dict()  # the ramp resumes from a checkpoint
+    assert GateSkip(2, 8).train_skip() == 0.0  # no ramp: soft gates only
+
+
+def test_gateskip_ramp_skips_in_training_like_the_eval_budget(lm):
+    model, _ = lm({"name": "gateskip", "ramp_from": 0.5, "ramp_to": 0.5, "keep": 0.5})
+    for gate in model.depth.gates:
+        gate.weight.data.normal_(0, 0.5)
+    x = torch.randint(0, V, (2, 10))
+    train = model.train()(x)
+    assert train.aux.stats["layer0/mixer_gate/processed"] == 0.5
+    assert "layer0/mixer_gate/sparsity" in train.aux.losses
+    torch.testing.assert_close(train.logits, model.eval()(x).logits, rtol=0, atol=1e-12)
+
+
+def test_gateskip_below_full_budget_has_no_kv_cache(lm):
+    model, _ = lm({"name": "gateskip", "keep": 0.5})
+    model.eval()
+    assert model.init_caches(2, 8) is None
+    prompt = torch.randint(0, V, (2, 4))
+    seq = model.generate(prompt, 3, temperature=0)
+    assert torch.equal(model(seq).logits[:, 3:-1].argmax(-1), seq[:, 4:])
+    caches = [b.mixer.init_cache(2, 8, "cpu", torch.float64) for b in model.blocks]
+    with pytest.raises(ValueError, match="GateSkip has no KV-cache path"):
+        model(prompt, caches=caches)
+    model.depth.cfg.keep = 1.0
+    assert model.init_caches(2, 8) is not None  # every token runs: the dense cache applies

@@ -47,3 +47,19 @@ def test_sink_metric_tolerates_layers_that_saw_no_first_token():
         torch.nn.init.constant_(last.bias, -10.0)
     out = measure(model, torch.randint(0, 37, (2, 8)))
     assert "f_attn" not in out  # no layer had a measurable first-token share
+
+
+@pytest.mark.parametrize("depth, stat", [
+    ("name=calm,exit_loss=0.5", "layer0/exit_ce"),
+    ("name=learned_exit", "exit/expected_blocks_run"),
+    ("name=skip_middle", "skip_middle/sparsity"),
+    ("name=gateskip,ramp_to=0.5,ramp_steps=2", "layer1/ffn_gate/processed"),
+])
+def test_trainer_runs_exit_skip_middle_and_ramped_gateskip(tmp_path, depth, stat):
+    overrides = [(f"model.depth.{kv.split('=')[0]}", kv.split("=")[1]) for kv in depth.split(",")]
+    cfg = load_config(None, overrides, base=TINY)
+    trainer = Trainer(cfg, tmp_path)
+    trainer.fit()
+    assert stat in read_metrics(tmp_path)[-1]
+    if "ramp_to" in depth:
+        assert int(trainer.model.depth.steps_done) == 4 and trainer.model.depth.train_skip() == 0.5

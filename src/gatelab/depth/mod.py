@@ -13,12 +13,17 @@ for sampling a small predictor MLP on sg(x) is trained with BCE to predict top-k
 membership (the paper's auxiliary predictor); in eval with ``sampling: predictor`` a
 token runs the block iff the predictor says so (causal; sequences keep different counts
 and run one by one). ``sampling: topk`` evaluates with the training rule.
+
+Decoding with a KV cache (eval, predictor sampling): a routed block's cache holds, per
+sequence, only the tokens that ran it, packed (`kv_fill.PackedCache`), so a new kept
+token attends to the earlier kept ones at the same packed positions as in the full
+forward; a skipped token adds nothing to it.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +33,7 @@ from ..core.aux import ForwardContext
 from ..core.config import check
 from ..core.registry import register
 from .base import BlockLike, DepthMethod
+from .kv_fill import PackedCache
 from .routed import capacity_tokens, keep_mask, record_by_domain, run_selected, run_selected_loop, topk_tokens
 
 
@@ -59,8 +65,6 @@ def block_update(block: BlockLike, ctx: ForwardContext) -> Callable[[Tensor], Te
 class MixtureOfDepths(DepthMethod):
     """Expert-choice token routing around every `every`-th block (see the module docstring)."""
 
-    supports_cache = False
-
     @dataclass
     class Config(RoutedLayersConfig):
         sampling: Literal["predictor", "topk"] = "predictor"  # eval routing: causal predictor or sequence top-k
@@ -80,6 +84,13 @@ class MixtureOfDepths(DepthMethod):
             i: nn.Sequential(nn.Linear(d_model, self.hidden), nn.GELU(), nn.Linear(self.hidden, 1))
             for i in layers} if cfg.sampling == "predictor" else {})
 
+    @property
+    def supports_cache(self) -> bool:  # only the causal predictor decides token by token
+        return self.cfg.sampling == "predictor" and not self.training
+
+    def wrap_caches(self, caches: list[Any]) -> list[Any]:
+        return [PackedCache(c) if str(i) in self.routers else c for i, c in enumerate(caches)]
+
     def forward(self, layer: int, block: BlockLike, x_BTD: Tensor, ctx: ForwardContext) -> Tensor:
         if str(layer) not in self.routers:
             return block(x_BTD, ctx)
@@ -96,11 +107,25 @@ class MixtureOfDepths(DepthMethod):
                 ctx.aux.add_loss("predictor_bce", self.cfg.predictor_coef * bce)
                 ctx.aux.add_stat("predictor_acc", ((logit_BT > 0) == keep_BT).float().mean())
             out_BTD = run_selected(block_update(block, ctx), x_BTD, idx_BK, w_BT1)
-        else:
+        elif ctx.cache is None:
             keep_BT = self._predict(layer, x_BTD, ctx) > 0
             out_BTD = run_selected_loop(block_update(block, ctx), x_BTD, keep_BT, w_BT1)
+        else:
+            keep_BT = self._predict(layer, x_BTD, ctx) > 0
+            out_BTD = self._decode(block, x_BTD, keep_BT, w_BT1, ctx)
         record_by_domain(ctx, "processed", keep_BT)
         return out_BTD
+
+    @staticmethod
+    def _decode(block: BlockLike, x_BTD: Tensor, keep_BT: Tensor, w_BT1: Tensor, ctx: ForwardContext) -> Tensor:
+        """`run_selected_loop` with each sequence's kept tokens appended to its packed cache row."""
+        cache: PackedCache = ctx.cache
+        rows = []
+        for b in range(x_BTD.shape[0]):
+            rows.append(run_selected_loop(block_update(block, cache.row_context(ctx, b)), x_BTD[b:b + 1],
+                                          keep_BT[b:b + 1], w_BT1[b:b + 1]))
+            cache.lengths[b] += int(keep_BT[b].sum())
+        return torch.cat(rows)
 
     def _predict(self, layer: int, x_BTD: Tensor, ctx: ForwardContext) -> Tensor:
         """Causal top-k membership logits (B, T) from sg(x)."""

@@ -2,9 +2,10 @@
 
 token embedding -> n_layer x Block -> final norm -> LM head (optionally tied).
 Each Block is pre-norm:  x = x + mixer(norm1(x));  x = x + ffn(norm2(x)).
-How each block runs per token is the config's depth method (`gatelab.depth`): "none" runs
-every block on every token; skip gates and mixture-of-depths run a block's residual
-update on the selected tokens only.
+How each block runs per token is the config's depth method (`gatelab.depth`), which runs
+the block stack and then `LM.head`: "none" runs every block on every token; skip gates and
+mixture-of-depths run a block's residual update on the selected tokens only; early exit
+stops a token at a confident layer, using `LM.head` as the shared exit head.
 The mixer and ffn are whatever the config names (attention, gated attention, linear
 mixers; SwiGLU, MoE, ...), and may differ per layer (`ModelConfig.pattern`).
 
@@ -116,16 +117,17 @@ class LM(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, idx_BT: Tensor, *, domains_BT: Tensor | None = None,
                 caches: list[Any] | None = None, pos: int = 0) -> LMOutput:
-        B, T = idx_BT.shape
         ctx = ForwardContext(token_ids=idx_BT, domains=domains_BT, pos=pos)
         x_BTD = self.embed(idx_BT)
-        for i, block in enumerate(self.blocks):
-            x_BTD = self.depth(i, block, x_BTD, ctx.for_layer(i, caches[i] if caches is not None else None))
-        x_BTD = self.norm(x_BTD)
-        logits_BTV = self.lm_head(x_BTD)
+        logits_BTV = self.depth.run(self.blocks, x_BTD, ctx, caches, self.head)  # blocks, then self.head
+        return LMOutput(logits_BTV, ctx.aux, ctx.meter)
+
+    def head(self, x_BTD: Tensor, ctx: ForwardContext) -> Tensor:
+        """Final norm and LM head: logits (B, T, V). Early-exit methods use it as the shared exit head."""
+        B, T = x_BTD.shape[:2]
         ctx.meter.add("final_norm", 0, B * T * self._final_norm_params)
         ctx.meter.add("lm_head", 2 * B * T * self.cfg.d_model * self.cfg.vocab_size)
-        return LMOutput(logits_BTV, ctx.aux, ctx.meter)
+        return self.lm_head(self.norm(x_BTD))
 
     # ------------------------------------------------------------------ generation
     def init_caches(self, batch: int, max_len: int) -> list[Any] | None:
@@ -134,7 +136,7 @@ class LM(nn.Module):
         p = self.embed.weight
         if not self.depth.supports_cache or not all(hasattr(b.mixer, "init_cache") for b in self.blocks):
             return None
-        return [b.mixer.init_cache(batch, max_len, p.device, p.dtype) for b in self.blocks]
+        return self.depth.wrap_caches([b.mixer.init_cache(batch, max_len, p.device, p.dtype) for b in self.blocks])
 
     @torch.no_grad()
     def generate(self, idx_BT: Tensor, max_new_tokens: int, *, temperature: float = 1.0,
