@@ -3,11 +3,12 @@
 Shapes (issue 4): T tokens, d_model 512, fp32 on CPU (bf16 on CUDA):
   (a) E=8,  k=2, expert d_ff=1024 (dense equivalent d_ff 2048)
   (b) E=64, k=8, expert d_ff=128  (fine-grained; dense equivalent d_ff 1024)
-For each backend (reference loop, dropless with `F.grouped_mm`, dropless with the
-per-expert loop fallback, capacity CF 1.25) it prints the forward+backward time of the
-whole MoE layer (top-k router included) divided by the dense FFN's measured in the same
-run, its speedup over the reference loop, the router+permutation share of the dropless
-layer time (router, sort, gather, weighted un-permute, with identity experts), and the
+For each backend (reference loop, dropless with `F.grouped_mm`, dropless with its
+per-expert loop -- the CPU default --, capacity CF 1.25 with the default) it prints the
+forward+backward time of the whole MoE layer (top-k router included) divided by the dense
+FFN's measured in the same run, its speedup over the reference loop, the router+permutation
+share of the per-expert-loop dropless layer time (router forward and backward, sort, and
+the kernel's own gathers and weighted un-permutes with identity experts), and the
 activation memory saved for backward relative to the dense FFN (bytes of the distinct
 non-parameter tensors autograd saves; on CUDA also the peak allocated memory). Times are medians over
 `--repeats`; on a busy CPU ratios are noisy.
@@ -80,15 +81,39 @@ def peak_bytes(fn, x: torch.Tensor) -> int | None:
     return torch.cuda.max_memory_allocated() - base
 
 
+class _PermuteOnly(torch.autograd.Function):
+    """The dropless kernel's data movement with identity experts: per expert block, gather
+    rows and weighted `index_add_` forward; gather g, re-gather x and `index_add_` backward."""
+
+    @staticmethod
+    def forward(ctx, x_TD, token_A, w_A1, sizes):
+        y_TD = torch.zeros_like(x_TD)
+        for tok_N, w_N1 in zip(token_A.split(sizes), w_A1.split(sizes)):
+            y_TD.index_add_(0, tok_N, x_TD.index_select(0, tok_N) * w_N1)
+        ctx.save_for_backward(x_TD, token_A, w_A1)
+        ctx.sizes = sizes
+        return y_TD
+
+    @staticmethod
+    def backward(ctx, g_TD):
+        x_TD, token_A, w_A1 = ctx.saved_tensors
+        grad_x_TD, grad_w = torch.zeros_like(x_TD), []
+        for tok_N, w_N1 in zip(token_A.split(ctx.sizes), w_A1.split(ctx.sizes)):
+            g_ND = g_TD.index_select(0, tok_N)
+            grad_w.append((g_ND * x_TD.index_select(0, tok_N)).sum(1, keepdim=True))
+            grad_x_TD.index_add_(0, tok_N, g_ND * w_N1)
+        return grad_x_TD, None, torch.cat(grad_w), None
+
+
 def routing_overhead(moe: MoELayer):
-    """Router + sort + gather + weighted un-permute, with identity experts."""
+    """Router (forward and backward) + sort + the kernel's gathers and un-permutes, no experts."""
     def run(x_BTD: torch.Tensor) -> torch.Tensor:
         x_TD = x_BTD.reshape(-1, x_BTD.shape[-1])
         real = moe.router(x_TD, ForwardContext()).real()
         order_A = torch.argsort(real.expert_idx_A, stable=True)
-        token_A = real.token_idx_A[order_A]
+        sizes = real.counts(real.n_experts).tolist()
         w_A1 = real.weight_A[order_A].unsqueeze(1).to(x_TD.dtype)
-        return torch.zeros_like(x_TD).index_add_(0, token_A, w_A1 * x_TD[token_A]).reshape(x_BTD.shape)
+        return _PermuteOnly.apply(x_TD, real.token_idx_A[order_A], w_A1, sizes).reshape(x_BTD.shape)
     return run
 
 
@@ -103,7 +128,7 @@ def bench_shape(name: str, T: int, d: int, repeats: int, device: torch.device, d
     rows = [{"shape": name, "backend": f"dense SwiGLU d_ff={k * h}", "ms": 1e3 * t_dense, "vs_dense": 1.0,
              "mem": 1.0, "peak": 1.0 if peak_dense else None}]
     variants = [("reference", "reference", "auto"), ("dropless (grouped_mm)", "dropless", "grouped_mm"),
-                ("dropless (loop)", "dropless", "loop"), ("capacity CF1.25", "capacity", "auto")]
+                ("dropless (per-expert loop)", "dropless", "loop"), ("capacity CF1.25", "capacity", "auto")]
     t_ref = None
     for label, backend, grouped in variants:
         torch.manual_seed(0)
@@ -118,7 +143,7 @@ def bench_shape(name: str, T: int, d: int, repeats: int, device: torch.device, d
                "mem": saved_bytes(layer, x, moe) / mem_dense}
         pk = peak_bytes(layer, x)
         row["peak"] = pk / peak_dense if pk and peak_dense else None
-        if label.startswith("dropless (grouped"):
+        if grouped == "loop":
             row["route_share"] = time_fwd_bwd(routing_overhead(moe), x, repeats) / t
         rows.append(row)
     return rows

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gatelab.core.aux import ForwardContext
+from gatelab.core.errors import ConfigError
 from gatelab.core.registry import get
 from gatelab.moe import Experts, dispatch_capacity, dispatch_dropless, dispatch_reference
 from gatelab.routing import apply_capacity, capacity, from_topk
@@ -116,3 +117,12 @@ def test_grouped_mm_is_not_used_for_float64_or_unaligned_widths():
     assert not experts.grouped_mm_ok(x)
     odd = Experts(E, 6, 5)
     assert not odd.grouped_mm_ok(torch.randn(3, 6))
+
+
+def test_auto_picks_the_per_expert_loop_on_cpu_and_grouped_mm_must_be_supported():
+    experts, x = _setup(torch.float32)
+    assert experts.resolve_impl(x, "auto") == "loop" and experts.resolve_impl(x, "grouped_mm") == "grouped_mm"
+    experts64, x64 = _setup(torch.float64)
+    with pytest.raises(ConfigError, match="grouped=grouped_mm needs.*float64.*use grouped=auto"):
+        dispatch_dropless(x64, from_topk(torch.zeros(T, 1, dtype=torch.long), torch.ones(T, 1), E), experts64,
+                          "grouped_mm")

@@ -6,6 +6,7 @@ from gatelab.core.aux import ForwardContext
 from gatelab.core.config import parse
 from gatelab.models import LM, ModelConfig
 from gatelab.moe import MoEConfig, MoELayer
+from gatelab.routing import from_topk
 
 D = 16
 
@@ -124,3 +125,52 @@ def test_hash_and_random_routers_add_no_balance_loss():
     model = lm({"name": "moe", "n_experts": 4, "k": 1, "router": {"name": "hash"}})
     out = model(torch.randint(0, 31, (2, 6)))
     assert out.aux.losses == {} and "layer0/ffn/load_cv" in out.aux.stats
+
+
+class FixedTop1Router(torch.nn.Module):
+    """Stand-in router: top-1 experts set per call, probabilities softmax of a trainable (T, E) table."""
+
+    def __init__(self, n_tokens, n_experts):
+        super().__init__()
+        self.logits_TE = torch.nn.Parameter(torch.zeros(n_tokens, n_experts))
+        self.expert_T = None
+
+    def forward(self, x_TD, ctx):
+        probs_TE = torch.softmax(self.logits_TE, -1)
+        expert_T1 = torch.as_tensor(self.expert_T).unsqueeze(1)
+        return from_topk(expert_T1, probs_TE.gather(1, expert_T1), probs_TE.shape[1], probs_TE=probs_TE)
+
+
+def test_lm_balance_loss_is_one_times_coef_whatever_the_number_of_moe_layers():
+    for n_layer in (1, 3):
+        model = lm({"name": "moe", "n_experts": 4, "k": 2, "z_coef": 0.0}, n_layer=n_layer)
+        out = model(torch.randint(0, 31, (2, 8)))
+        assert len(out.aux.losses) == n_layer
+        assert out.aux_loss.item() == pytest.approx(1e-2, rel=1e-2)  # tiny router init: ~uniform probabilities
+
+
+def test_balance_loss_mean_over_layers_under_gradient_accumulation_hand_computed():
+    # 2 MoE layers, E = 2, T = 2 tokens, uniform P. Per token and layer, dL/dz_{t,0} = (E / T) * 0.25 * (f0 - f1)
+    # = 0.25 (f0 - f1) and dL/dz_{t,1} = -dL/dz_{t,0}; L = 1 for any counts. Micro-batch A: layer0 [0, 0]
+    # (f0 - f1 = 1), layer1 [0, 1] (0); micro-batch B: layer0 [0, 1] (0), layer1 [1, 1] (-1).
+    # Step gradient = coef * mean over layers * mean over micro-batches (the trainer's loss / grad_accum).
+    coef, accum = 0.1, 2
+    layers = [layer(n_experts=2, k=1, hidden=4, lb_coef=coef, z_coef=0.0) for _ in range(2)]
+    for moe in layers:
+        moe.router = FixedTop1Router(2, 2)
+    plan = [([0, 0], [0, 1]), ([0, 1], [1, 1])]
+    step_loss = 0.0
+    for experts_per_layer in plan:
+        ctx = ForwardContext()
+        x = torch.randn(1, 2, D)
+        for i, (moe, expert_T) in enumerate(zip(layers, experts_per_layer)):
+            moe.router.expert_T = expert_T
+            x = x + moe(x, ctx.for_layer(i).scoped("ffn"))
+        aux_loss = ctx.aux.total_loss()
+        (aux_loss / accum).backward()
+        step_loss += aux_loss.item() / accum
+    assert step_loss == pytest.approx(coef * 1.0)  # not 2 x coef: the layers are averaged
+    g = coef * 0.25 / (2 * accum)
+    for moe, sign in zip(layers, (1.0, -1.0)):
+        expected = torch.tensor([[sign * g, -sign * g]] * 2)
+        torch.testing.assert_close(moe.router.logits_TE.grad, expected, atol=1e-7, rtol=0)

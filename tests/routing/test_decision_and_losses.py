@@ -118,3 +118,33 @@ def test_domain_mutual_information():
 def test_decision_type_is_plain_dataclass():
     d = RoutingDecision(torch.tensor([0]), torch.tensor([1]), torch.tensor([1.0]), 1, 2)
     assert d.n_slots == 2 and d.probs_TE is None
+
+
+def test_null_slots_are_pooled_in_the_balance_loss():
+    # 4 tokens, top-1, 2 real + 2 null slots. Counts [1, 1, 2, 0]: f = [.25, .25, .5, 0];
+    # P = [.3, .2, .4, .1]. Pooled: 4 * (.25*.3 + .25*.2 + (.5 + 0) * (.4 + .1) / 2) = 1.0
+    probs = torch.tensor([[0.3, 0.2, 0.4, 0.1]]).expand(4, 4)
+    skewed = _decision([[0], [1], [2], [2]], probs_TE=probs, n_experts=2, n_null=2)
+    assert load_balance_loss(skewed).item() == pytest.approx(1.0)
+    # moving null use between the identical null copies changes nothing ...
+    spread = _decision([[0], [1], [2], [3]], probs_TE=probs, n_experts=2, n_null=2)
+    assert load_balance_loss(spread).item() == pytest.approx(1.0)
+    # ... and with uniform null use the pooled loss is the plain Switch loss: 4 * (.075 + .05 + .1 + .025)
+    assert load_balance_loss(spread).item() == pytest.approx(4 * (0.25 * 0.3 + 0.25 * 0.2 + 0.25 * 0.4 + 0.25 * 0.1))
+    # minimum 1 at perfect balance; the gradient is the same for every null copy's probability
+    logits = torch.zeros(4, 4, requires_grad=True)
+    balanced = _decision([[0], [1], [2], [2]], probs_TE=torch.softmax(logits, -1), n_experts=2, n_null=2)
+    loss = load_balance_loss(balanced)
+    assert loss.item() == pytest.approx(1.0)
+    (g_P,) = torch.autograd.grad(loss, balanced.probs_TE)
+    assert torch.allclose(g_P[:, 2], g_P[:, 3])
+
+
+def test_balance_loss_total_is_the_mean_over_moe_layers_not_the_sum():
+    from gatelab.core.aux import AuxOutputs
+    aux = AuxOutputs()
+    for layer, value in enumerate([1.0, 2.0, 4.5]):
+        aux.scope(f"layer{layer}").scope("ffn").add_loss("lb_loss", torch.tensor(0.01 * value), mean_over="moe_lb")
+    aux.scope("layer0").add_loss("other", torch.tensor(0.5))  # not in the group: summed
+    assert aux.total_loss().item() == pytest.approx(0.01 * 2.5 + 0.5)
+    assert aux.scalar_stats()["layer2/ffn/lb_loss"] == pytest.approx(0.045)  # logged per layer, unaveraged

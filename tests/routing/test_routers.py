@@ -229,3 +229,33 @@ def test_dense_to_sparse_gate_anneals_from_dense_to_nearly_top1():
     assert float(late.experts_per_token().float().mean()) < 2
     assert torch.allclose(per_token_weight_sums(late), torch.ones(40), atol=0.1)
     assert router.temperature().item() == pytest.approx(0.05)
+
+
+def test_gshard_random_second_expert_is_kept_with_probability_weight_over_threshold():
+    router = make("topk", k=2, renorm=True, second="random", second_threshold=0.5)
+    router.train()
+    x = x_TD(4000)
+    with torch.no_grad():
+        full = make("topk", k=2, renorm=True)(x, ForwardContext())
+    w2_T = full.weight_A.view(-1, 2)[:, 1]
+    p_T = (w2_T / 0.5).clamp_max(1)  # GShard: keep the second iff 2 g2 > U(0, 1)
+    torch.manual_seed(123)
+    d = router(x, ForwardContext())
+    kept_T = d.experts_per_token() == 2
+    assert (d.experts_per_token() >= 1).all()
+    # kept assignments carry their unchanged weights (the first keeps g1, not 1)
+    assert torch.equal(d.weight_A, full.weight_A.view(-1, 2)[torch.stack([torch.ones_like(kept_T), kept_T], 1)])
+    observed, expected, sd = kept_T.sum().item(), p_T.sum().item(), p_T.mul(1 - p_T).sum().sqrt().item()
+    assert abs(observed - expected) < 4 * sd and 0.1 * len(p_T) < expected < 0.9 * len(p_T)
+    low, high = w2_T < w2_T.median(), w2_T >= w2_T.median()
+    assert kept_T[high].float().mean() > kept_T[low].float().mean() + 0.1  # proportional to g2, not uniform
+    torch.manual_seed(123)
+    assert torch.equal(router(x, ForwardContext()).expert_idx_A, d.expert_idx_A)  # seeded: reproducible
+    router.eval()
+    e1, e2 = router(x, ForwardContext()), router(x, ForwardContext())
+    assert torch.equal(e1.expert_idx_A, full.expert_idx_A) and torch.equal(e2.expert_idx_A, full.expert_idx_A)
+
+
+def test_gshard_random_second_expert_needs_k_of_at_least_two():
+    with pytest.raises(ConfigError, match=r"router.second='random'.*k >= 2"):
+        make("topk", k=1, second="random")

@@ -14,6 +14,7 @@ Standalone use of a gatelab module in your own model::
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,28 +31,38 @@ class AuxOutputs:
     ``name/`` prefixed, so a module never needs to know where it sits in the model.
     """
 
-    def __init__(self, prefix: str = "", _losses: dict | None = None, _stats: dict | None = None):
+    def __init__(self, prefix: str = "", _losses: dict | None = None, _stats: dict | None = None,
+                 _mean_groups: dict | None = None):
         self.prefix = prefix
         self.losses: dict[str, Tensor] = {} if _losses is None else _losses
         self.stats: dict[str, Tensor | float] = {} if _stats is None else _stats
+        self.mean_groups: dict[str, str] = {} if _mean_groups is None else _mean_groups
 
     def scope(self, name: str) -> AuxOutputs:
-        return AuxOutputs(f"{self.prefix}{name}/", self.losses, self.stats)
+        return AuxOutputs(f"{self.prefix}{name}/", self.losses, self.stats, self.mean_groups)
 
-    def add_loss(self, name: str, value: Tensor) -> None:
-        """Add a weighted auxiliary loss (a scalar with grad); repeated names accumulate."""
+    def add_loss(self, name: str, value: Tensor, mean_over: str | None = None) -> None:
+        """Add a weighted auxiliary loss (a scalar with grad); repeated names accumulate.
+
+        Losses added with the same `mean_over` group (e.g. one per MoE layer) enter
+        `total_loss` as their mean instead of their sum; `losses` keeps each one."""
         key = self.prefix + name
         self.losses[key] = self.losses[key] + value if key in self.losses else value
+        if mean_over is not None:
+            self.mean_groups[key] = mean_over
 
     def add_stat(self, name: str, value: Tensor | float) -> None:
         """Record a statistic; tensors are detached. A repeated name overwrites."""
         self.stats[self.prefix + name] = value.detach() if isinstance(value, Tensor) else value
 
     def total_loss(self) -> Tensor | None:
-        """Sum of all auxiliary losses, or None when no module added one."""
+        """Sum of all auxiliary losses (the mean within each `mean_over` group), or None
+        when no module added one."""
         if not self.losses:
             return None
-        return torch.stack([v.float() for v in self.losses.values()]).sum()
+        group_size = Counter(self.mean_groups.values())
+        return torch.stack([v.float() / group_size[self.mean_groups[k]] if k in self.mean_groups else v.float()
+                            for k, v in self.losses.items()]).sum()
 
     def scalar_stats(self) -> dict[str, float]:
         """Losses and statistics as Python floats (one device sync), for logging.

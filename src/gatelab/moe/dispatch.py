@@ -5,14 +5,17 @@ accumulation runs in fp32 (METHODS 2.0) and the output is cast back to x's dtype
 dropless path multiplies the weight into the expert's hidden activation in x's dtype.
 
 * `dispatch_reference`: the obviously correct per-expert loop (boolean mask per expert).
-* `dispatch_dropless`: sort assignments by expert once, gather rows, one grouped matmul
-  per projection (`gmm`), un-permute by `index_add`, with a hand-written backward that
-  saves little (`_DroplessExperts`). Every assignment is computed whatever the
-  imbalance (MegaBlocks / ScatterMoE).
+* `dispatch_dropless`: sort assignments by expert once (one argsort, no host sync on
+  CUDA), then per expert block gather rows (`index_select`), matmul, activation, matmul
+  and weighted un-permute (`index_add_`), with a hand-written backward that saves little
+  (`_DroplessExperts`); on CUDA one grouped matmul per projection (`gmm`) over all rows.
+  Every assignment is computed whatever the imbalance (MegaBlocks / ScatterMoE).
 * `dispatch_capacity`: Switch/GShard capacity C = ceil(CF k T / E): `apply_capacity`
   drops overflow assignments (their tokens ride the residual), then dropless dispatch.
 """
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -49,36 +52,74 @@ class _DroplessExperts(torch.autograd.Function):
     backward. The combine weight is folded into the hidden activation,
     y_a = (w_a act(x_a W_in)) W_out, so d w_a = <act_a, g_a W_out^T> reuses the matmul the
     activation gradient needs anyway. Only x_TD and the pre-activations h_AF are saved
-    (the gathered rows x_AD are re-gathered in the backward): activation memory about that
-    of a dense FFN with the same active width, not k copies of x.
+    (the gathered rows are re-gathered in the backward): activation memory about that of
+    a dense FFN with the same active width, not k copies of x.
+
+    ``grouped_mm`` runs each step once over all A rows. ``loop`` runs gather -> matmul ->
+    activation -> matmul -> weighted `index_add` one expert at a time, so the per-assignment
+    (rows, d_model) copies are one expert's block, which stays in cache, instead of A rows
+    written and re-read from memory: on CPU this is what makes fine-grained experts
+    (k = 8 copies of each token) cheap.
     """
 
     @staticmethod
     def forward(ctx, x_TD, token_A, weight_A, counts_E, w_in, w_out, experts, impl):
-        x_AD = x_TD[token_A]
-        h_AF = gmm(x_AD, w_in, counts_E, impl)
-        w_A1 = weight_A.to(x_TD.dtype).unsqueeze(1)
-        y_AD = gmm(experts.act(h_AF) * w_A1, w_out, counts_E, impl)
-        ctx.save_for_backward(x_TD, token_A, weight_A, counts_E, w_in, w_out, h_AF)
-        ctx.experts, ctx.impl = experts, impl
         acc = _acc_dtype(x_TD)
-        return torch.zeros(x_TD.shape, dtype=acc, device=x_TD.device).index_add_(0, token_A, y_AD.to(acc)).to(x_TD.dtype)
+        y_TD = torch.zeros(x_TD.shape, dtype=acc, device=x_TD.device)
+        h_parts = []
+        for b in _blocks(token_A, weight_A.to(x_TD.dtype), counts_E, w_in, w_out, impl):
+            h_NF = b.mm(x_TD.index_select(0, b.token_N), b.w_in)
+            y_TD.index_add_(0, b.token_N, b.mm(experts.act(h_NF) * b.w_N1, b.w_out).to(acc))
+            h_parts.append(h_NF)
+        ctx.save_for_backward(x_TD, token_A, weight_A, counts_E, w_in, w_out, *h_parts)
+        ctx.experts, ctx.impl = experts, impl
+        return y_TD.to(x_TD.dtype)
 
     @staticmethod
     def backward(ctx, g_TD):
-        x_TD, token_A, weight_A, counts_E, w_in, w_out, h_AF = ctx.saved_tensors
-        experts, impl = ctx.experts, ctx.impl
-        g_AD = g_TD.to(x_TD.dtype)[token_A]
-        a_AH = experts.act(h_AF)
-        w_A1 = weight_A.to(x_TD.dtype).unsqueeze(1)
-        grad_w_out = gmm_wgrad(a_AH * w_A1, g_AD, counts_E, impl)
-        g_s_AH = gmm(g_AD, w_out.transpose(1, 2), counts_E, impl)
-        grad_weight_A = (g_s_AH * a_AH).sum(1).to(weight_A.dtype)
-        g_h_AF = experts.act_backward(h_AF, g_s_AH * w_A1)
-        grad_w_in = gmm_wgrad(x_TD[token_A], g_h_AF, counts_E, impl)
-        g_x_AD = gmm(g_h_AF, w_in.transpose(1, 2), counts_E, impl)
-        grad_x_TD = torch.zeros_like(x_TD).index_add_(0, token_A, g_x_AD)
+        x_TD, token_A, weight_A, counts_E, w_in, w_out, *h_parts = ctx.saved_tensors
+        experts = ctx.experts
+        g_TD = g_TD.to(x_TD.dtype)
+        grad_x_TD = torch.zeros_like(x_TD)
+        grad_w_in, grad_w_out = torch.zeros_like(w_in), torch.zeros_like(w_out)
+        grad_weight_parts = []
+        blocks = _blocks(token_A, weight_A.to(x_TD.dtype), counts_E, w_in, w_out, ctx.impl)
+        for b, h_NF in zip(blocks, h_parts):
+            g_ND = g_TD.index_select(0, b.token_N)
+            a_NH = experts.act(h_NF)
+            g_s_NH = b.mm(g_ND, b.w_out.transpose(-1, -2))
+            grad_weight_parts.append((g_s_NH * a_NH).sum(1))
+            g_h_NF = experts.act_backward(h_NF, g_s_NH * b.w_N1)
+            grad_w_out[b.experts] = b.wgrad(a_NH * b.w_N1, g_ND)
+            grad_w_in[b.experts] = b.wgrad(x_TD.index_select(0, b.token_N), g_h_NF)
+            grad_x_TD.index_add_(0, b.token_N, b.mm(g_h_NF, b.w_in.transpose(-1, -2)))
+        grad_weight_A = torch.cat(grad_weight_parts + [weight_A.new_zeros(0)]).to(weight_A.dtype)
         return grad_x_TD, None, grad_weight_A, None, grad_w_in, grad_w_out, None, None
+
+
+class _Block(NamedTuple):
+    """One step of the dropless kernel: rows `token_N` (combine weights w_N1) through
+    W_in (D, F) and W_out (H, D) of one expert, or the (E, ...) stacks for grouped_mm."""
+
+    token_N: Tensor
+    w_N1: Tensor
+    w_in: Tensor
+    w_out: Tensor
+    mm: Callable[[Tensor, Tensor], Tensor]  # rows @ weight
+    wgrad: Callable[[Tensor, Tensor], Tensor]  # a^T b over the rows: the weight gradient
+    experts: int | slice  # where that weight gradient goes in the (E, ...) stack
+
+
+def _blocks(token_A: Tensor, weight_A: Tensor, counts_E: Tensor, w_in: Tensor, w_out: Tensor,
+            impl: GroupedImpl) -> list[_Block]:
+    """One block of all rows for ``grouped_mm``; one per non-empty expert for ``loop``."""
+    w_A1 = weight_A.unsqueeze(1)
+    if impl == "grouped_mm":
+        return [_Block(token_A, w_A1, w_in, w_out, lambda a, b: gmm(a, b, counts_E),
+                       lambda a, b: gmm_wgrad(a, b, counts_E), slice(None))]
+    sizes = counts_E.tolist()
+    return [_Block(tok_N, w_N1, w_in[e], w_out[e], torch.mm, lambda a, b: a.t() @ b, e)
+            for e, (n, tok_N, w_N1) in enumerate(zip(sizes, token_A.split(sizes), w_A1.split(sizes))) if n > 0]
 
 
 def dispatch_capacity(x_TD: Tensor, decision: RoutingDecision, experts: Experts, capacity_factor: float,

@@ -3,11 +3,13 @@
 SwiGLU (Shazeer 2020): y = (silu(x W_g) * (x W_u)) W_o with w_in = [W_g | W_u] of shape
 [E, D, 2H]; GELU: y = gelu(x W_in) W_o with w_in [E, D, H]; w_out is [E, H, D].
 
-`gmm` / `gmm_wgrad` are the grouped matmuls of the dropless dispatcher over rows sorted
-by expert: `torch.nn.functional.grouped_mm` where it supports the dtype/layout
-(fp32/bf16/fp16 with 16-byte aligned rows; it has CPU kernels in torch 2.13 and measured
-faster than the per-expert loop in benchmarks/moe.py), else a loop over the contiguous
-per-expert slices (float64, odd widths). Both are exact.
+`gmm` / `gmm_wgrad` are the grouped matmuls (`torch.nn.functional.grouped_mm`) of the
+dropless dispatcher's ``grouped_mm`` implementation, over rows sorted by expert. It needs
+fp32/bf16/fp16 with 16-byte aligned rows. ``grouped=auto`` picks it on CUDA only: on CPU
+(torch 2.13, 1 thread) the dispatcher's per-expert loop, which keeps each expert's rows in
+cache, was faster in both shapes of benchmarks/moe.py (1.2x in (a), 1.7x in (b)). With 2
+threads on an overloaded machine grouped_mm was faster; a quiet 2-thread comparison is
+still to be made (provisional choice).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ..core.errors import ConfigError
 
 Activation = Literal["swiglu", "gelu"]
 GroupedImpl = Literal["auto", "grouped_mm", "loop"]
@@ -64,9 +68,11 @@ class Experts(nn.Module):
         """Gradient wrt h of `act(h)` given the gradient g of its output (no autograd graph)."""
         if self.activation == "swiglu":
             gate_NH, up_NH = h_NF.chunk(2, dim=-1)
-            sig_NH = torch.sigmoid(gate_NH)
-            d_silu_NH = sig_NH * (1 + gate_NH * (1 - sig_NH))
-            return torch.cat([g_NH * up_NH * d_silu_NH, g_NH * gate_NH * sig_NH], dim=-1)
+            g_h_NF = torch.empty_like(h_NF)
+            g_gate_NH, g_up_NH = g_h_NF.chunk(2, dim=-1)
+            torch.ops.aten.silu_backward.grad_input(g_NH * up_NH, gate_NH, grad_input=g_gate_NH)
+            torch.mul(g_NH, F.silu(gate_NH), out=g_up_NH)
+            return g_h_NF
         return torch.ops.aten.gelu_backward(g_NH, h_NF)
 
     def grouped_mm_ok(self, x_AD: Tensor) -> bool:
@@ -77,22 +83,21 @@ class Experts(nn.Module):
         return self.d_model % per16 == 0 and self.hidden % per16 == 0
 
     def resolve_impl(self, x_AD: Tensor, impl: GroupedImpl) -> GroupedImpl:
+        """``auto``: grouped_mm on CUDA where supported, else the per-expert loop."""
         if impl == "auto":
-            return "grouped_mm" if self.grouped_mm_ok(x_AD) else "loop"
+            return "grouped_mm" if x_AD.device.type == "cuda" and self.grouped_mm_ok(x_AD) else "loop"
+        if impl == "grouped_mm" and not self.grouped_mm_ok(x_AD):
+            raise ConfigError(f"grouped=grouped_mm needs torch.nn.functional.grouped_mm, fp32/bf16/fp16 weights of "
+                              f"x's dtype and widths giving 16-byte rows (got {x_AD.dtype}, d_model {self.d_model}, "
+                              f"hidden {self.hidden}); use grouped=auto")
         return impl
 
 
-def gmm(a_AK: Tensor, b_EKN: Tensor, counts_E: Tensor, impl: GroupedImpl) -> Tensor:
+def gmm(a_AK: Tensor, b_EKN: Tensor, counts_E: Tensor) -> Tensor:
     """Grouped matmul: rows of group e (counts_E[e] consecutive rows) times b_EKN[e] -> (A, N)."""
-    if impl == "grouped_mm":
-        return F.grouped_mm(a_AK, b_EKN, offs=torch.cumsum(counts_E, 0).to(torch.int32))
-    parts = [a_NK @ b_EKN[e] for e, a_NK in enumerate(a_AK.split(counts_E.tolist()))]
-    return torch.cat(parts + [a_AK.new_zeros(0, b_EKN.shape[-1])])
+    return F.grouped_mm(a_AK, b_EKN, offs=torch.cumsum(counts_E, 0).to(torch.int32))
 
 
-def gmm_wgrad(a_AK: Tensor, b_AN: Tensor, counts_E: Tensor, impl: GroupedImpl) -> Tensor:
+def gmm_wgrad(a_AK: Tensor, b_AN: Tensor, counts_E: Tensor) -> Tensor:
     """Per-group a^T b over each group's rows -> (E, K, N) (weight gradients of `gmm`)."""
-    if impl == "grouped_mm":
-        return F.grouped_mm(a_AK.t(), b_AN, offs=torch.cumsum(counts_E, 0).to(torch.int32))
-    sizes = counts_E.tolist()
-    return torch.stack([a_NK.t() @ b_NN for a_NK, b_NN in zip(a_AK.split(sizes), b_AN.split(sizes))])
+    return F.grouped_mm(a_AK.t(), b_AN, offs=torch.cumsum(counts_E, 0).to(torch.int32))

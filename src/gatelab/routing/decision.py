@@ -43,13 +43,16 @@ class RoutingDecision:
         """Experts a router scores: real plus null."""
         return self.n_experts + self.n_null
 
+    def subset(self, keep_A: Tensor) -> RoutingDecision:
+        """The decision with only the assignments where the (A,) mask `keep_A` is true."""
+        return replace(self, token_idx_A=self.token_idx_A[keep_A], expert_idx_A=self.expert_idx_A[keep_A],
+                       weight_A=self.weight_A[keep_A])
+
     def real(self) -> RoutingDecision:
         """The decision without its null-expert assignments (what dispatch computes)."""
         if self.n_null == 0:
             return self
-        keep_A = self.expert_idx_A < self.n_experts
-        return replace(self, token_idx_A=self.token_idx_A[keep_A], expert_idx_A=self.expert_idx_A[keep_A],
-                       weight_A=self.weight_A[keep_A])
+        return self.subset(self.expert_idx_A < self.n_experts)
 
     def counts(self, n: int | None = None) -> Tensor:
         """(n,) assignments per expert id (default: all slots, nulls included); no host sync."""
@@ -101,6 +104,4 @@ def apply_capacity(decision: RoutingDecision, cap: int) -> tuple[RoutingDecision
     pos_A = torch.arange(order_A.numel(), device=order_A.device) - start_E[expert_sorted_A]
     keep_A = torch.zeros_like(real.expert_idx_A, dtype=torch.bool)
     keep_A[order_A] = pos_A < cap
-    kept = replace(real, token_idx_A=real.token_idx_A[keep_A], expert_idx_A=real.expert_idx_A[keep_A],
-                   weight_A=real.weight_A[keep_A])
-    return kept, (~keep_A).sum()
+    return real.subset(keep_A), (~keep_A).sum()

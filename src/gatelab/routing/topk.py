@@ -11,6 +11,12 @@ aux-loss-free bias balancing.
   training only. ``noise=jitter``: x scaled by U(1 - jitter, 1 + jitter) (Switch), training only.
 * ``n_null``: AdaMoE null experts (Zeng et al. 2024): extra zero-compute slots in the top-k;
   weights renormalise over the chosen real experts only.
+* ``second=random``: GShard's random routing (Lepikhin et al. 2020, Algorithm 1): in training
+  every expert after the first is dispatched only with probability min(1, w / second_threshold),
+  w its combine weight (after renormalisation when on); with top-2 renormalised weights and the
+  default threshold 0.5 that is GShard's "2 g2 > U(0, 1)" (lucidrains' port uses 0.2,
+  METHODS 2.3). Draws use torch's global generator (seed it). A skipped expert is not computed and its weight is not given to the first (GShard).
+  Evaluation keeps all k experts (deterministic).
 * ``bias_update`` > 0: aux-loss-free balancing (Wang et al. 2024; DeepSeek-V3): a per-expert
   bias b is added to the *selection* score only; after each optimizer step
   b <- b + u * sign(mean load - load), then centred (torchtitan).
@@ -48,6 +54,8 @@ class TopKRouter(Router):
         jitter: float = 1e-2
         n_null: int = 0
         bias_update: float = 0.0
+        second: Literal["always", "random"] = "always"
+        second_threshold: float = 0.5
 
         def validate(self) -> None:
             super().validate()
@@ -55,11 +63,14 @@ class TopKRouter(Router):
             check(self.bias_update >= 0, "bias_update", self.bias_update, "must be >= 0 (0 = off)")
             check(0 <= self.jitter < 1, "jitter", self.jitter, "must be in [0, 1)")
             check(self.scale > 0, "scale", self.scale, "must be > 0")
+            check(0 < self.second_threshold <= 1, "second_threshold", self.second_threshold, "must be in (0, 1]")
             check(not (self.order == "topk_softmax" and self.score == "sigmoid"), "order", self.order,
                   "topk_softmax needs score=softmax; use score=sigmoid with renorm=true instead")
 
     def __init__(self, d_model: int, n_experts: int, k: int, cfg: Config | None = None):
         cfg = cfg or self.Config()
+        check(cfg.second == "always" or k >= 2, "router.second", cfg.second,
+              f"needs k >= 2 (got k={k}); use second=always for k=1")
         super().__init__(d_model, n_experts, k, cfg, n_null=cfg.n_null)
         self.cfg = cfg
         self.w_noise = nn.Parameter(torch.zeros(self.n_slots, d_model)) if cfg.noise == "noisy" else None
@@ -92,10 +103,19 @@ class TopKRouter(Router):
             w_TK = scores_TE.gather(1, expert_TK)
             if cfg.renorm or cfg.n_null > 0:
                 w_TK = renorm_real(w_TK, expert_TK, self.n_experts)
+        decision = from_topk(expert_TK, w_TK * cfg.scale, self.n_experts, self.n_null, probs_TE, logits_TE)
+        if self.training and cfg.second == "random":
+            decision = decision.subset(self._random_second(w_TK.detach()).reshape(-1))
         if self.bias_E is not None and self.training:
             with torch.no_grad():
-                self.load_E.index_add_(0, expert_TK.reshape(-1), torch.ones(expert_TK.numel(), device=x_TD.device))
-        return from_topk(expert_TK, w_TK * cfg.scale, self.n_experts, self.n_null, probs_TE, logits_TE)
+                self.load_E += decision.counts()
+        return decision
+
+    def _random_second(self, w_TK: Tensor) -> Tensor:
+        """(T, k) keep mask: the first expert always, each later one w.p. min(1, w / threshold)."""
+        keep_TK = torch.rand_like(w_TK) < w_TK / self.cfg.second_threshold
+        keep_TK[:, 0] = True
+        return keep_TK
 
     @torch.no_grad()
     def post_step(self) -> None:
