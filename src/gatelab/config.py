@@ -13,6 +13,7 @@ import torch
 from .core.config import ConfigBase, apply_overrides, check, component, deep_merge, load_yaml, parse
 from .core.errors import ConfigError
 from .data.config import DataConfig
+from .hf import tokenizer as _pretrained_tokenizer  # noqa: F401  registers data.tokenizer "pretrained"
 from .models.config import ModelConfig
 
 
@@ -30,6 +31,7 @@ class TrainConfig(ConfigBase):
     ckpt_every: int = 0  # save every N steps (0: only at the end)
     keep_last: int = 2  # checkpoints kept on disk
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU (0: MFU not reported; never guessed)
+    init_from: str = ""  # HF model dir / .gguf / gatelab run to start from; dense FFNs upcycle into MoE layers
 
     def validate(self) -> None:
         check(self.steps >= 1, "steps", self.steps, "must be >= 1")
@@ -64,6 +66,20 @@ class LogConfig(ConfigBase):
 
 
 @dataclass
+class ParallelConfig(ConfigBase):
+    """Scale-out under torchrun (`gatelab.train.distributed`); ignored in a single process."""
+
+    data: Literal["auto", "none", "ddp", "fsdp"] = "auto"  # auto: ddp when launched with >1 process
+    expert: bool = False  # shard MoE experts over the ranks (expert parallelism, with ddp)
+    global_balance: bool = True  # MoE load-balance loss on counts over all ranks (global batch)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+
+    def validate(self) -> None:
+        check(not (self.expert and self.data == "fsdp"), "expert", self.expert,
+              "false with data=fsdp (expert parallelism composes with ddp; set parallel.data=ddp)")
+
+
+@dataclass
 class RunConfig(ConfigBase):
     name: str = "run"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -73,6 +89,7 @@ class RunConfig(ConfigBase):
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def validate(self) -> None:
         _dry_run_optimizer(self)

@@ -12,11 +12,15 @@ experts of width F/m; raise k by m for equal active compute). ``n_shared`` share
 of the same width are fused into one always-on FFN.
 
 Losses (added to ``ctx.aux``, already weighted): ``lb_loss`` = lb_coef x Switch load-balance
-loss (1 x lb_coef at perfect balance, per MoE layer; the trainer sums layers), ``z_loss`` =
-z_coef x router z-loss, ``entropy_loss`` = entropy_coef x router entropy (top-p). Routers
-without probabilities (hash, random) add none. Statistics: see `gatelab.routing.stats`,
-plus ``dropped_frac`` (capacity backend) and ``shared_share``. The compute meter counts
-the router matmul, only the executed (real, kept) expert assignments, and shared experts.
+loss of this layer (1 x lb_coef at perfect balance); the model's total loss takes the *mean*
+of ``lb_loss`` over its MoE layers (``mean_over="moe_lb"``, METHODS 2.4), so lb_coef means the
+same at any depth (HF concatenates layers instead, MegaBlocks averages). ``z_loss`` = z_coef x
+router z-loss and ``entropy_loss`` = entropy_coef x router entropy (top-p) are per layer and
+summed over layers. Routers without probabilities (hash, random) add no balance loss. Under
+gradient accumulation each micro-batch's loss is its own (f counted per micro-batch) and the
+trainer's 1 / grad_accum averages them. Statistics: see `gatelab.routing.stats`, plus
+``dropped_frac`` (capacity backend) and ``shared_share``. The compute meter counts the router
+matmul, only the executed (real, kept) expert assignments, and shared experts.
 """
 from __future__ import annotations
 
@@ -101,6 +105,7 @@ class MoELayer(nn.Module):
         hidden = cfg.expert_hidden(d_model)
         self.experts = Experts(cfg.n_experts, d_model, hidden, cfg.activation)
         self.shared = Experts(1, d_model, cfg.n_shared * hidden, cfg.activation) if cfg.n_shared else None
+        self.parallel: Any = None  # a gatelab.moe.expert_parallel.MoEParallel under torch.distributed
 
     def forward(self, x_BTD: Tensor, ctx: ForwardContext | None = None) -> Tensor:
         ctx = ctx if ctx is not None else ForwardContext()
@@ -119,6 +124,8 @@ class MoELayer(nn.Module):
                   ) -> tuple[Tensor, RoutingDecision]:
         """Output and the decision actually executed (real, kept assignments)."""
         cfg = self.cfg
+        if self.parallel is not None and self.parallel.shard_experts:
+            return self.parallel.dispatch(x_TD, decision, self.experts, cfg.backend, cfg.grouped), decision.real()
         if cfg.backend == "reference":
             return dispatch_reference(x_TD, decision, self.experts), decision.real()
         if cfg.backend == "dropless":
@@ -135,13 +142,17 @@ class MoELayer(nn.Module):
         cfg = self.cfg
         if decision.probs_TE is not None:
             if cfg.lb_coef > 0:
-                ctx.aux.add_loss("lb_loss", cfg.lb_coef * load_balance_loss(decision))
+                lb = load_balance_loss if self.parallel is None else self.parallel.load_balance_loss
+                ctx.aux.add_loss("lb_loss", cfg.lb_coef * lb(decision), mean_over="moe_lb")
             if cfg.entropy_coef > 0:
                 ctx.aux.add_loss("entropy_loss", cfg.entropy_coef * router_entropy(decision.probs_TE))
         if decision.logits_TE is not None and cfg.z_coef > 0:
             ctx.aux.add_loss("z_loss", cfg.z_coef * z_loss(decision.logits_TE))
         with torch.no_grad():
-            for name, value in routing_stats(decision, ctx.domains).items():
+            stats = routing_stats(decision, ctx.domains)
+            if self.parallel is not None:  # expert loads over all ranks
+                stats.update(self.parallel.global_load_stats(decision))
+            for name, value in stats.items():
                 ctx.aux.add_stat(name, value)
         T, D = x_TD.shape
         router_w = getattr(self.router, "weight", None)

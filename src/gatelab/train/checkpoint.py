@@ -95,15 +95,20 @@ def list_checkpoints(root: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(root: str | Path, step: int, model: nn.Module, state: dict[str, Any],
+def save_checkpoint(root: str | Path, step: int, model: nn.Module | dict[str, torch.Tensor], state: dict[str, Any],
                     keep_last: int | None = None) -> Path:
-    """Atomically write checkpoint `step` under `root`; prune to the newest `keep_last`."""
+    """Atomically write checkpoint `step` under `root`; prune to the newest `keep_last`.
+    `model` is the module, or its full state dict with tied weights once (as gathered
+    under torch.distributed)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_dir(root, step)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
-        save_model(model, str(tmp / "model.safetensors"))
+        if isinstance(model, nn.Module):
+            save_model(model, str(tmp / "model.safetensors"))
+        else:
+            save_file(model, str(tmp / "model.safetensors"))
         tensors: dict[str, torch.Tensor] = {}
         tree = flatten_tensors(state, tensors)
         save_file(tensors, str(tmp / "state.safetensors"))
@@ -148,6 +153,14 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> dict[st
         return unflatten_tensors(meta["state"], tensors)
     except KeyError as e:
         raise CheckpointError(f"checkpoint {str(path)!r} is corrupt: tensor {e} is missing") from None
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's ``model.safetensors`` as a state dict (tied weights once, on the CPU)."""
+    try:
+        return load_file(str(Path(path) / "model.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: model.safetensors is unreadable ({e})") from None
 
 
 def load_weights(path: str | Path, model: nn.Module) -> None:

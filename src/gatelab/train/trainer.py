@@ -7,6 +7,10 @@ Per optimizer step: `grad_accum` micro-batches of (x, y) -> model -> cross-entro
 the blocks' auxiliary losses -> backward; clip; optimizer and schedule step; modules
 with a `post_step()` hook (e.g. aux-loss-free router biases) update. Metrics go to
 ``metrics.jsonl`` every `log.every` steps; checkpoints are atomic and resume exactly.
+
+Under torchrun the same loop runs data parallel (DDP or FSDP2), optionally with expert
+parallel MoE layers; every rank computes its rows of the single-process global batch, and
+rank 0 writes metrics and checkpoints (`gatelab.train.distributed`).
 """
 from __future__ import annotations
 
@@ -28,7 +32,9 @@ from ..core.config import Component, dump_yaml, to_dict
 from ..core.errors import CheckpointError, ConfigError, NonFiniteLossError
 from ..data import Batch, DataBundle, RandomWindowSampler, build_data, eval_batches
 from ..models import LM, LMOutput
-from .checkpoint import list_checkpoints, load_checkpoint, load_weights, save_checkpoint
+from . import distributed
+from .checkpoint import (checkpoint_dir, list_checkpoints, load_checkpoint, load_weights, read_weights,
+                         save_checkpoint)
 from .metrics import MetricsLogger
 
 
@@ -81,9 +87,15 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.data = data if data is not None else build_data(cfg.data)
         self.cfg = cfg = self._fill_vocab(cfg, self.data.tokenizer.vocab_size)
-        self.device = resolve_device(cfg.train.device)
+        self.dist, device = distributed.init_distributed(cfg.parallel, cfg.train.device)
+        distributed.check_batch_size(self.dist, cfg.data.batch_size)
+        self.device = resolve_device(device)
         torch.manual_seed(cfg.train.seed)
-        self.model = LM(cfg.model).to(self.device)
+        self.model = LM(cfg.model).to(self.device)  # the module itself (FSDP2 shards it in place)
+        if cfg.train.init_from:  # pretrained weights, dense FFNs upcycled into MoE layers (gatelab.hf)
+            from ..hf import init_from
+            init_from(self.model, cfg.train.init_from)
+        self.train_model = distributed.wrap_model(self.dist, cfg.parallel, self.model)  # DDP wrapper or the model
         self.optimizer = build_optimizer(cfg.optim, self.model)
         self.scheduler = cfg.schedule.cls(self.optimizer, total_steps=cfg.train.steps, **cfg.schedule.kwargs())
         self.sampler = RandomWindowSampler(self.data.train, cfg.data.seq_len, cfg.data.batch_size, seed=cfg.data.seed)
@@ -91,6 +103,9 @@ class Trainer:
         self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
         use_scaler = self.amp_dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        if use_scaler and self.dist.mode == "fsdp":
+            raise ConfigError("train.precision=fp16 with parallel.data=fsdp is not supported (it needs a sharded "
+                              "gradient scaler); use precision=bf16 or parallel.data=ddp")
         self._post_step = [m for m in self.model.modules() if hasattr(m, "post_step")]
         if cfg.train.compile:
             for block in self.model.blocks:
@@ -125,24 +140,26 @@ class Trainer:
 
     def train_step(self) -> tuple[float, float, LMOutput]:
         """One optimizer step; returns (loss, grad norm, output of the last micro-batch)."""
-        self.model.train()
+        self.train_model.train()
         accum = self.cfg.train.grad_accum
         loss_sum = torch.zeros((), device=self.device)
-        for _ in range(accum):
-            batch = self._to_device(self.sampler.next())
-            with self._autocast():
-                out = self.model(batch.x, domains_BT=batch.domains)
-                loss = lm_loss(out.logits, batch.y)
-                aux = out.aux_loss
-                total = loss if aux is None else loss + aux
-            scaled = total / accum
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        for i in range(accum):
+            batch = self._to_device(distributed.shard_batch(self.dist, self.sampler.next()))
+            with distributed.grad_sync(self.dist, self.train_model, last=i == accum - 1):
+                with self._autocast():
+                    out = self.train_model(batch.x, domains_BT=batch.domains)
+                    loss = lm_loss(out.logits, batch.y)
+                    aux = out.aux_loss
+                    total = loss if aux is None else loss + aux
+                scaled = total / accum
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             loss_sum += total.detach()
-        loss_value = (loss_sum / accum).item()
+        loss_value = distributed.mean(self.dist, loss_sum / accum).item()
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
+        distributed.finish_grads(self.dist)
         clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        grad_norm = distributed.clip_grad_norm(self.dist, list(self.model.parameters()), clip)
         finite = math.isfinite(loss_value) and (math.isfinite(grad_norm) or self.scaler is not None)
         if finite:
             if self.scaler is not None:
@@ -150,6 +167,7 @@ class Trainer:
                 self.scaler.update()
             else:
                 self.optimizer.step()
+            distributed.sum_router_loads(self.dist, self._post_step)
             for m in self._post_step:
                 m.post_step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -181,7 +199,7 @@ class Trainer:
         dom_sum: dict[int, float] = {}
         dom_cnt: dict[int, int] = {}
         for batch in self.eval_set:
-            batch = self._to_device(batch)
+            batch = self._to_device(distributed.shard_batch(self.dist, batch))
             with self._autocast():
                 out = self.model(batch.x, domains_BT=batch.domains)
             nll_BT = lm_loss(out.logits, batch.y, reduction="none")
@@ -191,6 +209,8 @@ class Trainer:
                 for d, s, c in _group_sum(nll_BT, batch.domains):
                     dom_sum[d] = dom_sum.get(d, 0.0) + s
                     dom_cnt[d] = dom_cnt.get(d, 0) + c
+        mine = (total, count, dom_sum, dom_cnt)
+        total, count, dom_sum, dom_cnt = _merge_sums(distributed.gather_objects(self.dist, mine))
         val = total / count
         res = {"val_loss": val, "val_bits_per_token": val / math.log(2)}
         res.update(sink_metric.measure(self.model, self._to_device(self.eval_set[0]).x))  # F-Attn, M-Act
@@ -209,7 +229,7 @@ class Trainer:
             "config": to_dict(self.cfg),
             "step": self.step,
             "skipped": self.skipped,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": distributed.full_optimizer_state(self.dist, self.model, self.optimizer),
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -217,16 +237,25 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        self.last_ckpt = save_checkpoint(self.ckpt_root, self.step, self.model, self.state_dict(),
-                                         keep_last=self.cfg.train.keep_last)
+        """Write a checkpoint (under torchrun: the gathered full state, by rank 0)."""
+        weights = distributed.full_model_state(self.dist, self.model) if self.dist.active else self.model
+        state = self.state_dict()
+        if self.dist.is_main:
+            save_checkpoint(self.ckpt_root, self.step, weights, state, keep_last=self.cfg.train.keep_last)
+        self.dist.barrier()
+        self.last_ckpt = checkpoint_dir(self.ckpt_root, self.step)
         return self.last_ckpt
 
     def load(self, path: str | Path) -> None:
         """Restore model, optimizer, schedule, data position and RNG from a checkpoint."""
         state = load_checkpoint(path)
         self._check_compatible(state["config"], path)  # before the weights: a config error, not a shape error
-        load_weights(path, self.model)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.dist.active:  # every rank reads the checkpoint (a filesystem all ranks see)
+            distributed.load_model_state(self.dist, self.model, read_weights(path))
+            distributed.load_optimizer_state(self.dist, self.model, self.optimizer, state["optimizer"])
+        else:
+            load_weights(path, self.model)
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.sampler.load_state_dict(state["sampler"])
         if self.scaler is not None and state.get("scaler"):
@@ -254,13 +283,16 @@ class Trainer:
         cfg = self.cfg
         if resume and (ckpts := list_checkpoints(self.ckpt_root)):
             self.load(ckpts[-1])
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-        self.data.tokenizer.save(self.out_dir)  # `gatelab generate` decodes with exactly this tokenizer
-        logger = MetricsLogger(self.out_dir, cfg.log.tensorboard, resume_step=self.step if resume else None)
+        main = self.dist.is_main  # rank 0 writes files; every rank computes the records
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+            self.data.tokenizer.save(self.out_dir)  # `gatelab generate` decodes with exactly this tokenizer
+        logger = MetricsLogger(self.out_dir, cfg.log.tensorboard, resume_step=self.step if resume else None) \
+            if main else None
         result = TrainResult(self.out_dir, self.step)
         tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum
-        progress = _progress(cfg.train.steps, self.step, cfg.log.progress)
+        progress = _progress(cfg.train.steps, self.step, cfg.log.progress and main)
         window_t0, window_steps = time.perf_counter(), 0
         try:
             while self.step < cfg.train.steps:
@@ -278,12 +310,13 @@ class Trainer:
                               "grad_norm": grad_norm, "step_time_ms": 1000 * dt,
                               "tokens_per_s": tokens_per_step / dt, "skipped": self.skipped}
                     record.update(self._compute_figures(out, tokens_per_step / dt))
-                    record.update(out.aux.scalar_stats())
+                    record.update(distributed.mean_scalars(self.dist, out.aux.scalar_stats()))
                 if (cfg.eval.every and self.step % cfg.eval.every == 0) or last:
                     record = record or {"step": self.step}
                     record.update(self.evaluate())
                 if record is not None:
-                    logger.log(record)
+                    if logger is not None:
+                        logger.log(record)
                     if on_log is not None:
                         on_log(record)
                     if "tokens_per_s" in record:
@@ -296,16 +329,18 @@ class Trainer:
                     result.final = record or {}
         finally:
             progress.close()
-            logger.close()
+            if logger is not None:
+                logger.close()
         result.step = self.step
         return result
 
     def _compute_figures(self, out: LMOutput, tokens_per_s: float) -> dict[str, Any]:
-        """Executed forward FLOPs and active parameters per token, achieved FLOP/s, MFU."""
-        tokens = self.cfg.data.batch_size * self.cfg.data.seq_len
+        """Executed forward FLOPs and active parameters per token, achieved FLOP/s, MFU
+        (over all ranks: tokens_per_s is global, the peak is per device)."""
+        tokens = out.logits.shape[0] * out.logits.shape[1]  # this rank's micro-batch
         fwd = out.meter.total_flops() / tokens
         achieved = 3 * fwd * tokens_per_s  # training ~ forward + 2x backward
-        peak = self.cfg.train.peak_flops
+        peak = self.cfg.train.peak_flops * self.dist.world
         return {"flops_per_token": fwd, "active_params": out.meter.total_param_reads() / tokens,
                 "train_tflops": achieved / 1e12, "mfu": achieved / peak if peak > 0 else None}
 
@@ -323,6 +358,19 @@ def _group_sum(values_BT: Tensor, groups_BT: Tensor) -> list[tuple[int, float, i
     sums = torch.zeros(n, dtype=torch.float64, device=vals.device).index_add_(0, ids, vals)
     counts = torch.bincount(ids, minlength=n)
     return [(d, float(sums[d]), int(counts[d])) for d in range(n) if counts[d] > 0]
+
+
+def _merge_sums(parts: list[tuple[float, int, dict[int, float], dict[int, int]]]
+                ) -> tuple[float, int, dict[int, float], dict[int, int]]:
+    """Evaluation sums of every rank added up: (nll sum, token count, per-domain sums and counts)."""
+    total, count = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    dom_sum: dict[int, float] = {}
+    dom_cnt: dict[int, int] = {}
+    for _, _, ds, dc in parts:
+        for d in ds:
+            dom_sum[d] = dom_sum.get(d, 0.0) + ds[d]
+            dom_cnt[d] = dom_cnt.get(d, 0) + dc[d]
+    return total, count, dom_sum, dom_cnt
 
 
 def _diff(a: Any, b: Any, path: str) -> list[str]:
