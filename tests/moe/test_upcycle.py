@@ -59,3 +59,40 @@ def test_fine_grained_slices_partition_the_dense_ffn(dense_cls, activation):
 def test_upcycle_rejects_mismatched_activation():
     with pytest.raises(ValueError, match="activation=gelu"):
         upcycle_ffn(MoELayer(D, MoEConfig(n_experts=2, k=1)), GeluMLP(D))
+
+
+@pytest.mark.parametrize("router", [{"name": "topk"}, {"name": "topk", "score": "sigmoid", "renorm": True},
+                                    {"name": "expert_choice"}])
+def test_zero_routed_with_full_width_shared_expert_equals_dense_for_any_router(router):
+    """Shared expert = all G slices of the dense FFN, routed outputs start at 0: y = FFN(x)."""
+    torch.manual_seed(0)
+    dense = lm({"name": "swiglu", "hidden": 32})
+    moe = lm({"name": "moe", "n_experts": 8, "k": 2, "hidden": 32, "granularity": 4, "n_shared": 4, "router": router})
+    upcycle_model(dense, moe, zero_routed=True, strict=True)
+    assert not moe.blocks[0].ffn.experts.w_out.any() and moe.blocks[0].ffn.experts.w_in.any()
+    x = torch.randint(0, 29, (2, 10))
+    torch.testing.assert_close(moe(x).logits, dense(x).logits, atol=1e-12, rtol=0)
+
+
+def test_zero_router_init_with_noise():
+    torch.manual_seed(0)
+    moe = MoELayer(D, MoEConfig(n_experts=4, k=2))
+    upcycle_ffn(moe, SwiGLU(D), router_init="zero")
+    assert not moe.router.weight.any()
+    upcycle_ffn(moe, SwiGLU(D), router_init="zero", router_noise=1e-3)
+    assert 0 < moe.router.weight.abs().max() < 1e-2
+    with pytest.raises(ValueError, match="router_init"):
+        upcycle_ffn(moe, SwiGLU(D), router_init="copy")
+
+
+def test_strict_upcycle_rejects_a_mismatched_config():
+    from gatelab.core.errors import ConfigError
+
+    dense = lm({"name": "swiglu"})
+    wide = LM(parse(ModelConfig, {"vocab_size": 29, "d_model": D, "n_layer": 2,
+                                  "block": {"mixer": {"name": "attention", "n_head": 4}, "ffn": {"name": "swiglu"}}}))
+    assert upcycle_model(dense, wide) == []  # same shapes: copied silently even though heads differ
+    deeper = LM(parse(ModelConfig, {"vocab_size": 29, "d_model": D, "n_layer": 3,
+                                    "block": {"mixer": {"name": "attention", "n_head": 2}, "ffn": {"name": "swiglu"}}}))
+    with pytest.raises(ConfigError, match="blocks.2.*no match in the source"):
+        upcycle_model(dense, deeper.double(), strict=True)

@@ -42,6 +42,7 @@ class AttentionConfig:
     gate_position: Literal["output", "value"] = "output"  # output = G1 (after SDPA); value = G2
     gate_fn: Literal["sigmoid", "ns_sigmoid"] = "sigmoid"  # ns_sigmoid = 0.5 + 0.5 sigmoid (control)
     sink: Literal["none", "off_by_one", "learned"] = "none"  # extra softmax-denominator term
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
 
     def validate(self) -> None:
         check(self.n_head >= 1, "n_head", self.n_head, "must be >= 1")
@@ -80,7 +81,7 @@ class CausalSelfAttention(nn.Module):
         self.gate_width = {"none": 0, "headwise": 1, "elementwise": self.head_dim}[cfg.gate]
         self.gate_dim = self.gated_heads * self.gate_width
         self.qkv_dim = (self.n_head + 2 * self.n_kv_head) * self.head_dim
-        self.qkv = nn.Linear(d_model, self.qkv_dim + self.gate_dim, bias=False)  # [q | k | v | gate]
+        self.qkv = nn.Linear(d_model, self.qkv_dim + self.gate_dim, bias=cfg.qkv_bias)  # [q | k | v | gate]
         self.out = nn.Linear(self.n_head * self.head_dim, d_model, bias=False)
         self.out.is_residual_out = True
         self.rope = RotaryEmbedding(self.head_dim, cfg.rope_theta)
