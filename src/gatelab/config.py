@@ -13,7 +13,6 @@ import torch
 from .core.config import ConfigBase, apply_overrides, check, component, deep_merge, load_yaml, parse
 from .core.errors import ConfigError
 from .data.config import DataConfig
-from .hf import tokenizer as _pretrained_tokenizer  # noqa: F401  registers data.tokenizer "pretrained"
 from .models.config import ModelConfig
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import logits, transformers
+from hf_models import logits, transformers
 from gatelab.core.config import parse
 from gatelab.core.errors import ConfigError
 from gatelab.hf import default_model_type, export_hf, load_hf

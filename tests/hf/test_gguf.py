@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import logits, tiny_hf
+from hf_models import logits, tiny_hf
 from gatelab.core.errors import CheckpointError, ConfigError
 from gatelab.hf import load_gguf, load_hf
 from gatelab.hf.gguf_load import unpermute_rows

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import logits, tiny_hf
+from hf_models import logits, tiny_hf
 from gatelab.core.errors import CheckpointError, ConfigError
 from gatelab.hf import load_hf
 

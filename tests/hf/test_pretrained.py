@@ -2,11 +2,12 @@
 import pytest
 import torch
 
-from conftest import logits, tiny_hf
+from hf_models import logits, tiny_hf
 from gatelab.cli import main
 from gatelab.config import load_config
 from gatelab.core.config import to_dict
 from gatelab.core.errors import CheckpointError
+from gatelab.data import load_tokenizer
 from gatelab.hf import PretrainedTokenizer, init_from, load_pretrained
 from gatelab.train import Trainer
 
@@ -36,6 +37,8 @@ def test_pretrained_tokenizer_from_tokenizer_json(hf_dir):
     assert ids == [5, 19, 5] and tok.decode(ids) == "w3 w17 w3"
     tok.save(hf_dir / "copy")
     assert PretrainedTokenizer.load(hf_dir / "copy").config() == tok.config()
+    again = load_tokenizer(hf_dir / "copy")  # what `gatelab generate` decodes a run with
+    assert isinstance(again, PretrainedTokenizer) and again.config() == tok.config()
 
 
 def test_trainer_init_from_hf_upcycles_into_moe_exactly(hf_dir, tmp_path, tokens):

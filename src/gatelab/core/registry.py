@@ -29,6 +29,7 @@ KINDS = (
     "tokenizer",
     "linear",  # replacement for the nn.Linear layers of mixers / FFNs (ternary BitLinear, HGF)
     "depth",  # adaptive depth: how each block's residual update runs (skip gates, MoD, ...)
+    "claim",  # small-scale reproductions of published claims (gatelab.lab.claims)
 )
 
 _REGISTRIES: dict[str, dict[str, Any]] = {kind: {} for kind in KINDS}
@@ -92,4 +93,5 @@ _BUILTIN_MODULES = (
     "gatelab.quant",
     "gatelab.optim",
     "gatelab.data",
+    "gatelab.hf.tokenizer",
 )

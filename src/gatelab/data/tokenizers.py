@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..core.config import Component, check
 from ..core.errors import DataError
-from ..core.registry import register
+from ..core.registry import get, names, register
 
 EOT = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -78,6 +78,11 @@ class ByteTokenizer:
         del cfg, texts_for_training  # nothing to configure or learn
         return cls()
 
+
+    @classmethod
+    def from_saved(cls, directory: Path, cfg: dict[str, Any]) -> ByteTokenizer:
+        return cls()
+
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
@@ -119,8 +124,40 @@ def _hf() -> Any:
     return tokenizers
 
 
+class HFTokenizer:
+    """The body shared by tokenizers backed by an HF ``tokenizers.Tokenizer``: text is
+    encoded literally (no special-token parsing), and ``save`` writes ``tokenizer.json``."""
+
+    name = ""
+
+    def __init__(self, hf_tokenizer: Any, eot_id: int, pad_id: int):
+        self._tok = hf_tokenizer
+        if hasattr(self._tok, "encode_special_tokens"):
+            self._tok.encode_special_tokens = True
+        self.vocab_size = int(hf_tokenizer.get_vocab_size(with_added_tokens=True))
+        self.eot_id, self.pad_id = eot_id, pad_id
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def config(self) -> dict[str, Any]:
+        digest = hashlib.sha256(self._tok.to_str().encode("utf-8")).hexdigest()
+        return {"name": self.name, "vocab_size": self.vocab_size, "eot_id": self.eot_id, "pad_id": self.pad_id, "sha256": digest}
+
+    def save(self, directory: str | Path) -> Path:
+        d = _write_config(self, directory)
+        self._tok.save(str(d / HF_FILE))
+        return d
+
+
 @register("tokenizer", "bpe")
-class BPETokenizer:
+class BPETokenizer(HFTokenizer):
     """Byte-level BPE through HF ``tokenizers``: trained locally, or loaded from ``path``."""
 
     @dataclass
@@ -136,15 +173,10 @@ class BPETokenizer:
     name = "bpe"
 
     def __init__(self, hf_tokenizer: Any):
-        self._tok = hf_tokenizer
-        # Encode text literally, as the byte tokenizer does (no special-token parsing).
-        if hasattr(self._tok, "encode_special_tokens"):
-            self._tok.encode_special_tokens = True
-        self.vocab_size = int(hf_tokenizer.get_vocab_size(with_added_tokens=True))
         ids = [hf_tokenizer.token_to_id(s) for s in SPECIAL_TOKENS]
         if None in ids:
             raise DataError(f"BPE tokenizer lacks the special tokens {EOT} and {PAD}; train it with gatelab (tokenizer.path empty)")
-        self.eot_id, self.pad_id = ids
+        super().__init__(hf_tokenizer, *ids)
 
     @classmethod
     def from_config(cls, cfg: Config, texts_for_training: Sequence[str] | None = None) -> BPETokenizer:
@@ -189,23 +221,9 @@ class BPETokenizer:
             raise DataError(f"{str(p)!r} is not a valid HF tokenizer.json ({str(e).splitlines()[0]})") from None
         return cls(tok)
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
-
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-    def config(self) -> dict[str, Any]:
-        digest = hashlib.sha256(self._tok.to_str().encode("utf-8")).hexdigest()
-        return {"name": self.name, "vocab_size": self.vocab_size, "eot_id": self.eot_id, "pad_id": self.pad_id, "sha256": digest}
-
-    def save(self, directory: str | Path) -> Path:
-        d = _write_config(self, directory)
-        self._tok.save(str(d / HF_FILE))
-        return d
+    @classmethod
+    def from_saved(cls, directory: Path, cfg: dict[str, Any]) -> BPETokenizer:
+        return cls.load(directory)
 
 
 def build_tokenizer(spec: Component, texts_for_training: Sequence[str] | None = None) -> Tokenizer:
@@ -223,7 +241,10 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         raise DataError(f"no {CONFIG_FILE} in {str(d)!r}; save the tokenizer there first") from None
     except (json.JSONDecodeError, KeyError, TypeError):
         raise DataError(f"{str(d / CONFIG_FILE)!r} is corrupt; save the tokenizer again") from None
-    tok: Tokenizer = BPETokenizer.load(d) if name == "bpe" else ByteTokenizer()
+    if name not in names("tokenizer"):
+        raise DataError(f"{str(d / CONFIG_FILE)!r} names tokenizer {name!r}, which is not registered here "
+                        f"(registered: {', '.join(names('tokenizer'))}); install the extra that provides it")
+    tok: Tokenizer = get("tokenizer", name).from_saved(d, cfg)
     if tok.config() != cfg:
         raise DataError(f"tokenizer in {str(d)!r} does not match its {CONFIG_FILE}; save it again")
     return tok

@@ -10,9 +10,8 @@ joined with ``<|endoftext|>`` when the vocabulary has it, else with the model's 
 """
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,12 +19,11 @@ from typing import Any
 from ..core.config import check
 from ..core.errors import DataError
 from ..core.registry import register
-
-EOT = "<|endoftext|>"
+from ..data.tokenizers import EOT, HF_FILE, HFTokenizer
 
 
 @register("tokenizer", "pretrained")
-class PretrainedTokenizer:
+class PretrainedTokenizer(HFTokenizer):
     """A fast HF tokenizer loaded from a pretrained model's files."""
 
     @dataclass
@@ -38,15 +36,11 @@ class PretrainedTokenizer:
     name = "pretrained"
 
     def __init__(self, hf_tokenizer: Any, eos_id: int | None, pad_id: int | None = None):
-        self._tok = hf_tokenizer
-        if hasattr(self._tok, "encode_special_tokens"):
-            self._tok.encode_special_tokens = True  # literal text, as gatelab's other tokenizers
-        self.vocab_size = int(hf_tokenizer.get_vocab_size(with_added_tokens=True))
         eot = hf_tokenizer.token_to_id(EOT)
-        self.eot_id = eot if eot is not None else eos_id
-        if self.eot_id is None:
+        eot = eot if eot is not None else eos_id
+        if eot is None:
             raise DataError(f"the tokenizer has no {EOT} token and no EOS id; it cannot separate documents")
-        self.pad_id = pad_id if pad_id is not None else self.eot_id
+        super().__init__(hf_tokenizer, eot, pad_id if pad_id is not None else eot)
 
     @classmethod
     def from_config(cls, cfg: Config, texts_for_training: Sequence[str] | None = None) -> PretrainedTokenizer:
@@ -80,26 +74,12 @@ class PretrainedTokenizer:
         fast = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         return cls(fast.backend_tokenizer, fast.eos_token_id, fast.pad_token_id)
 
-    def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+    @classmethod
+    def from_saved(cls, directory: Path, cfg: dict[str, Any]) -> PretrainedTokenizer:
+        """What `save` wrote into a run directory (special ids from its tokenizer config)."""
+        from tokenizers import Tokenizer
 
-    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
-
-    def config(self) -> dict[str, Any]:
-        digest = hashlib.sha256(self._tok.to_str().encode("utf-8")).hexdigest()
-        return {"name": self.name, "vocab_size": self.vocab_size, "eot_id": self.eot_id, "pad_id": self.pad_id,
-                "sha256": digest}
-
-    def save(self, directory: str | Path) -> Path:
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "tokenizer_config.json").write_text(json.dumps(self.config(), indent=2) + "\n", encoding="utf-8")
-        self._tok.save(str(d / "tokenizer.json"))
-        return d
+        return cls(Tokenizer.from_file(str(directory / HF_FILE)), cfg.get("eot_id"), cfg.get("pad_id"))
 
 
 def _special_ids(directory: Path) -> tuple[int | None, int | None]:
