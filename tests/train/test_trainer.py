@@ -53,9 +53,14 @@ def test_resume_is_exact(tmp_path, tiny_cfg):
     assert steps == list(range(2, 13, 2))  # records after the checkpoint were replaced, not duplicated
 
 
-def test_resume_with_grad_accum_and_other_optimizer(tmp_path, tiny_cfg):
-    over = [("train.grad_accum", "2"), ("optim.name", "sgd"), ("optim.lr", "0.05"), ("optim.momentum", "0.9"),
-            ("schedule.name", "wsd")]
+@pytest.mark.parametrize("optim", [
+    [("optim.name", "sgd"), ("optim.lr", "0.05"), ("optim.momentum", "0.9")],
+    # d-estimate tensors shared by all param groups: stored once, shared again on load
+    [("optim.name", "dadapt_adam"), ("optim.lr", "1.0")],
+    [("optim.name", "prodigy"), ("optim.lr", "1.0")],
+], ids=["sgd", "dadapt_adam", "prodigy"])
+def test_resume_with_grad_accum_and_other_optimizer(tmp_path, tiny_cfg, optim):
+    over = [("train.grad_accum", "2"), *optim, ("schedule.name", "wsd")]
     full = Trainer(tiny_cfg(over), tmp_path / "a").fit().losses
     with pytest.raises(KeyboardInterrupt):
         Trainer(tiny_cfg(over), tmp_path / "b").fit(on_log=_crash_at(6))

@@ -33,17 +33,25 @@ _NAME = re.compile(r"^ckpt-(\d{7,})$")
 _TENSOR = "__tensor__"
 
 
-def flatten_tensors(tree: Any, tensors: dict[str, torch.Tensor], prefix: str = "") -> Any:
-    """JSON-able copy of `tree` with each tensor moved into `tensors` under a path key."""
+def flatten_tensors(tree: Any, tensors: dict[str, torch.Tensor], prefix: str = "",
+                    _seen: dict[int, str] | None = None) -> Any:
+    """JSON-able copy of `tree` with each tensor moved into `tensors` under a path key.
+
+    A tensor object met twice (e.g. D-Adaptation's d, shared by all param groups) is stored
+    once and both places point at it, so loading shares it again (safetensors refuses
+    tensors that share memory)."""
+    seen = {} if _seen is None else _seen
     if isinstance(tree, torch.Tensor):
-        key = prefix or "root"
+        if id(tree) in seen:
+            return {_TENSOR: seen[id(tree)]}
+        key = seen[id(tree)] = prefix or "root"
         tensors[key] = tree.detach().cpu().contiguous()
         return {_TENSOR: key}
     if isinstance(tree, dict):
-        return {"__dict__": [[_json_key(k), flatten_tensors(v, tensors, f"{prefix}.{k}" if prefix else str(k))]
+        return {"__dict__": [[_json_key(k), flatten_tensors(v, tensors, f"{prefix}.{k}" if prefix else str(k), seen)]
                              for k, v in tree.items()]}
     if isinstance(tree, (list, tuple)):
-        items = [flatten_tensors(v, tensors, f"{prefix}.{i}") for i, v in enumerate(tree)]
+        items = [flatten_tensors(v, tensors, f"{prefix}.{i}", seen) for i, v in enumerate(tree)]
         return {"__tuple__": items} if isinstance(tree, tuple) else items
     if tree is None or isinstance(tree, (bool, int, float, str)):
         return tree
