@@ -8,20 +8,20 @@ run gets its own directory; the report directory holds ``results.json``,
 from __future__ import annotations
 
 import json
-import platform
 import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from ..config import RunConfig, load_config
 from ..core.config import deep_merge, load_yaml
 from ..core.errors import ConfigError
 from ..train import Trainer, read_metrics
+from .provenance import machine_description
+from .runs import summarize
 from .table import markdown_table
 
 DEFAULT_EXPERIMENT = "compare.yaml"
@@ -74,22 +74,13 @@ def run_compare(exp: Experiment, out_dir: str | Path, overrides: list[tuple[str,
         trainer = Trainer(cfg, out_dir / "runs" / name)
         result = trainer.fit()
         wall = time.perf_counter() - t0
-        records = read_metrics(result.out_dir)
-        timed = [r for r in records if "tokens_per_s" in r]
-        final = result.final
+        summary = summarize(result.out_dir, trainer.model.num_params(non_embedding=False), result.losses)
         rows.append({
             "variant": name,
-            "params": trainer.model.num_params(non_embedding=False),
-            "active_params": final.get("active_params"),
-            "flops_per_token": final.get("flops_per_token"),
-            "train_loss": sum(result.losses[-10:]) / len(result.losses[-10:]),
-            "val_loss": final.get("val_loss"),
-            "f_attn": final.get("f_attn"),
-            "m_act": final.get("m_act"),
-            "tokens_per_s": sum(r["tokens_per_s"] for r in timed) / len(timed),
+            **{key: summary.get(key) for key, _, _ in TABLE_COLUMNS[1:-1]},
             "wall_s": wall,
             "run_dir": str(result.out_dir),
-            "val_by_domain": {k.split("/", 1)[1]: v for k, v in final.items() if k.startswith("val_loss/")},
+            "val_by_domain": {k.split("/", 1)[1]: v for k, v in summary.items() if k.startswith("val_loss/")},
         })
         echo(f"    val_loss {rows[-1]['val_loss']:.4f}  ({wall:.0f} s)")
     write_report(rows, out_dir)
@@ -112,24 +103,6 @@ TABLE_COLUMNS = [
 
 def results_table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(rows, TABLE_COLUMNS)
-
-
-def machine_description() -> str:
-    if torch.cuda.is_available():
-        dev = torch.cuda.get_device_name(0)
-    else:
-        dev = f"CPU {_cpu_model()} ({torch.get_num_threads()} threads)"
-    return f"{dev}, torch {torch.__version__}, Python {platform.python_version()}"
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def write_report(rows: list[dict[str, Any]], out_dir: Path) -> None:
