@@ -2,9 +2,11 @@
 
 Every registered gatelab optimizer (so new ones are included automatically) is timed with
 each path it offers — loop (foreach=False), foreach (foreach=True) and fused (fused=True,
-torch.compile) — and divided by torch.optim.AdamW's best of its foreach/fused paths
-measured in the same run (fused AdamW is re-timed right after each row, so drifting load on
-a shared machine affects both sides of a ratio alike). Prints a Markdown table and the machine.
+torch.compile) — and divided by torch.optim.AdamW fused (its best on CPU) and foreach. The
+two AdamW references are stepped in turn with every row's optimizer (round robin), so
+drifting load on a shared machine affects both sides of a ratio alike. Prints a Markdown
+table, the machine and its load average before and after. With ``--threads 1`` steps are
+timed in process CPU time (unaffected by preemption on a loaded machine).
 
     python benchmarks/optim.py            # ~10.5M parameters
     python benchmarks/optim.py --quick    # small smoke size
@@ -20,7 +22,9 @@ from __future__ import annotations
 import argparse
 import gc
 import inspect
+import os
 import platform
+import statistics
 import time
 import traceback
 from collections.abc import Callable
@@ -68,30 +72,70 @@ def _quadratic_closure(params: list[torch.Tensor]) -> Callable[[], torch.Tensor]
     return closure
 
 
-def time_steps(make_opt: Callable[[list[torch.Tensor]], Any], shapes: list[tuple[int, ...]],
-               steps: int, warmup: int) -> tuple[float, bool]:
-    """Min ms per step over `steps` timed steps (and whether a closure was needed).
+class _Timed:
+    """One optimizer over its own copy of the parameter set, ready to step (and time)."""
 
-    The min is reported: on a shared machine it is the least disturbed by other load."""
+    def __init__(self, make_opt: Callable[[list[torch.Tensor]], Any],
+                 shapes: list[tuple[int, ...]]) -> None:
+        self.params = make_params(shapes)
+        self.opt = make_opt(self.params)
+        self.closure = None
+        try:
+            self.opt.step()
+        except Exception:  # needs the loss value: time with a closure
+            self.params = make_params(shapes)
+            self.opt = make_opt(self.params)
+            self.closure = _quadratic_closure(self.params)
+            self.opt.step(self.closure)
+        self.times: list[float] = []
+
+    def step(self) -> None:
+        self.opt.step(self.closure) if self.closure else self.opt.step()
+
+    def timed_step(self) -> None:
+        clock = step_clock()
+        t0 = clock()
+        self.step()
+        self.times.append(clock() - t0)
+
+
+def step_clock() -> Callable[[], float]:
+    """The process's CPU time when torch runs on 1 thread (every kernel, compiled ones
+    included, then runs in the stepping thread, and time spent preempted by other processes on
+    a shared machine is not counted), else wall-clock time."""
+    return time.process_time if torch.get_num_threads() == 1 else time.perf_counter
+
+
+def time_interleaved(makers: list[Callable[[list[torch.Tensor]], Any]],
+                     shapes: list[tuple[int, ...]], steps: int, warmup: int) -> list[_Timed]:
+    """Each optimizer stepped `steps` times, round robin after `warmup` steps each; every
+    run's `times` holds its per-step seconds, round i of all runs taken back to back.
+
+    Round-robin timing puts the optimizers of one round under the same background load, so
+    the per-round ratios (`paired_ratio`) hold on a shared machine while absolute times drift.
+    """
     gc.collect()
-    params = make_params(shapes)
-    opt = make_opt(params)
-    closure = None
-    try:
-        opt.step()
-    except Exception:  # needs the loss value: time with a closure
-        params = make_params(shapes)
-        opt = make_opt(params)
-        closure = _quadratic_closure(params)
-        opt.step(closure)
-    for _ in range(warmup - 1):
-        opt.step(closure) if closure else opt.step()
-    times = []
+    runs = [_Timed(make, shapes) for make in makers]
+    for run in runs:
+        for _ in range(warmup - 1):
+            run.step()
     for _ in range(steps):
-        t0 = time.perf_counter()
-        opt.step(closure) if closure else opt.step()
-        times.append(time.perf_counter() - t0)
-    return min(times) * 1e3, closure is not None
+        for run in runs:
+            run.timed_step()
+    return runs
+
+
+def paired_ratio(run: _Timed, ref: _Timed) -> float:
+    """Median over rounds of run's step time / ref's step time in the same round."""
+    return statistics.median(a / b for a, b in zip(run.times, ref.times))
+
+
+def _fmt_load(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{x:.1f}" for x in load)
+
+
+def _adamw(kw: dict[str, Any]) -> Callable[[list[torch.Tensor]], Any]:
+    return lambda ps: torch.optim.AdamW(ps, **kw)
 
 
 def paths_of(cls: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -132,7 +176,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    steps = args.steps or (5 if args.quick else 15)
+    steps = args.steps or (5 if args.quick else 25)
     warmup = 6  # covers lazy phases (e.g. a predictor that starts after r steps) and compile
 
     import gatelab.optim  # noqa: F401  (registers everything)
@@ -142,17 +186,16 @@ def main() -> None:
     shapes = transformer_shapes(args.quick)
     n_params = sum(torch.Size(s).numel() for s in shapes)
 
-    ref = {}
-    for path, kw in (("foreach", {"foreach": True}), ("fused", {"fused": True})):
-        ref[path], _ = time_steps(lambda ps, kw=kw: torch.optim.AdamW(ps, **kw), shapes,
-                                  steps, warmup)
-
     try:
         import pytorch_optimizer  # type: ignore[import-not-found]
     except ImportError:
         pytorch_optimizer = None
 
+    # Each row is timed interleaved with both AdamW references (fused, foreach).
+    refs = [_adamw({"fused": True}), _adamw({"foreach": True})]
     rows = []
+    last_ref: tuple[float, float] | None = None
+    load_before = os.getloadavg()
     names = args.only or sorted(registry)
     for name in names:
         cls = registry[name]
@@ -160,38 +203,48 @@ def main() -> None:
             if path == "fused" and args.no_fused:
                 continue
             try:
-                ms, needs_closure = time_steps(lambda ps, cls=cls, kw=kw: cls(ps, **kw), shapes,
-                                               steps, warmup)
+                run, fused, foreach = time_interleaved(
+                    [lambda ps, cls=cls, kw=kw: cls(ps, **kw)] + refs, shapes, steps, warmup)
             except Exception as e:  # report, keep going
-                rows.append((name, path, f"error: {type(e).__name__}: {str(e)[:60]}", "", ""))
+                rows.append((name, path, f"error: {type(e).__name__}: {str(e)[:60]}", "", "",
+                             ""))
                 traceback.print_exc(limit=1)
                 continue
             theirs = ""
-            if pytorch_optimizer is not None and name in _PYTORCH_OPTIMIZER_NAMES and path != "fused":
+            if (pytorch_optimizer is not None and name in _PYTORCH_OPTIMIZER_NAMES
+                    and path != "fused"):
                 other = getattr(pytorch_optimizer, _PYTORCH_OPTIMIZER_NAMES[name], None)
                 if other is not None:
                     try:
-                        t_ms, _ = time_steps(lambda ps, c=other: c(ps), shapes, steps, warmup)
-                        theirs = f"{ms / t_ms:.2f}"
+                        ours, other_run = time_interleaved(
+                            [lambda ps, cls=cls, kw=kw: cls(ps, **kw), lambda ps, c=other: c(ps)],
+                            shapes, steps, warmup)
+                        theirs = f"{paired_ratio(ours, other_run):.2f}"
                     except Exception as e:
                         theirs = f"error: {type(e).__name__}"
-            note = " (closure)" if needs_closure else ""
-            # Reference measured right after this row: on a shared machine load drifts.
-            near, _ = time_steps(lambda ps: torch.optim.AdamW(ps, fused=True), shapes, steps,
-                                 warmup)
-            rows.append((name, path + note, f"{ms:.2f}", f"{ms / near:.2f}", theirs))
+            note = " (closure)" if run.closure is not None else ""
+            rows.append((name, path + note, f"{min(run.times) * 1e3:.2f}",
+                         f"{paired_ratio(run, fused):.2f}", f"{paired_ratio(run, foreach):.2f}",
+                         theirs))
+            last_ref = (min(fused.times) * 1e3, min(foreach.times) * 1e3)
 
     print(f"\n### Optimizer step time, CPU fp32, {n_params / 1e6:.1f}M parameters "
           f"in {len(shapes)} tensors\n")
     print(f"- machine: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
           f"python {platform.python_version()}")
-    print(f"- reference: torch.optim.AdamW foreach {ref['foreach']:.2f} ms, fused "
-          f"{ref['fused']:.2f} ms (fused is AdamW's best on CPU); ratio = ms / a fused AdamW "
-          f"timing taken right after each row; min of {steps} steps "
-          f"after {warmup} warm-up steps")
+    clock = "process CPU time (1 thread)" if step_clock() is time.process_time \
+        else "wall-clock time"
+    print(f"- clock: {clock}")
+    print(f"- load average (1/5/15 min) before {_fmt_load(load_before)}, after "
+          f"{_fmt_load(os.getloadavg())} on {os.cpu_count()} cores")
+    if last_ref is not None:
+        print(f"- reference: torch.optim.AdamW fused and foreach, stepped in turn with every "
+              f"row's optimizer (last row: fused {last_ref[0]:.2f} ms, foreach "
+              f"{last_ref[1]:.2f} ms); ms/step = min of {steps} steps after {warmup} warm-up "
+              f"steps; ratio = median over the {steps} rounds of the per-round time ratio")
     print(f"- pytorch_optimizer: {'installed' if pytorch_optimizer else 'not installed'}\n")
-    print("| optimizer | path | ms/step | / AdamW best | / pytorch_optimizer |")
-    print("|---|---|---:|---:|---:|")
+    print("| optimizer | path | ms/step | / AdamW fused | / AdamW foreach | / pytorch_optimizer |")
+    print("|---|---|---:|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
 

@@ -308,15 +308,15 @@ def check_state_dict_roundtrip(
 
 def check_maximize(
     opt_cls: type, kwargs: dict[str, Any], steps: int = 7, closure: bool = False,
-    atol: float = 1e-12,
+    atol: float = 1e-12, create_graph: bool = False,
 ) -> None:
     """maximize=True on objective -f equals maximize=False on f."""
     params_a = make_params()
     params_b = clone_params(params_a)
     opt_a = _build(opt_cls, params_a, {**kwargs, "maximize": False}, 2)
     opt_b = _build(opt_cls, params_b, {**kwargs, "maximize": True}, 2)
-    run_steps(opt_a, params_a, steps, closure=closure)
-    run_steps(opt_b, params_b, steps, closure=closure, sign=-1.0)
+    run_steps(opt_a, params_a, steps, closure=closure, create_graph=create_graph)
+    run_steps(opt_b, params_b, steps, closure=closure, create_graph=create_graph, sign=-1.0)
     for i, (p, q) in enumerate(zip(params_a, params_b)):
         assert_tree_close(p.detach(), q.detach(), atol, f"param[{i}]")
 
@@ -497,7 +497,8 @@ class OptimizerSuite:
     def test_maximize(self) -> None:
         if not self.has_maximize:
             pytest.skip("no maximize option")
-        check_maximize(self.opt_cls, dict(self.configs[0]), closure=self.closure)
+        check_maximize(self.opt_cls, dict(self.configs[0]), closure=self.closure,
+                       create_graph=self.create_graph)
 
     def test_fused_plumbing_matches_loop(self) -> None:
         """fused=True with the kernel run eagerly: fast cover of the fused code path."""

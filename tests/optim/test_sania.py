@@ -138,3 +138,83 @@ def test_invalid():
     check_invalid(SANIA, [dict(lr=-1.0), dict(preconditioner="newton"), dict(beta2=1.0),
                           dict(preconditioner="hutchinson", alpha=0.0), dict(eps=-1.0),
                           dict(max_step=0.0), dict(f_star=float("nan"))])
+
+
+NEWTON = dict(BASE, preconditioner="newton_cg", cg_iters=5)
+
+
+@pytest.mark.parametrize("kwargs", [NEWTON, dict(NEWTON, cg_iters=2, cg_tol=1e-3)])
+def test_newton_cg_loop_vs_foreach(kwargs):
+    check_loop_vs_foreach(SANIA, kwargs, steps=8, closure=True, create_graph=True)
+
+
+def test_newton_cg_state_dict_roundtrip_and_maximize():
+    check_state_dict_roundtrip(SANIA, NEWTON, closure=True, create_graph=True)
+    check_maximize(SANIA, NEWTON, closure=True, create_graph=True)
+
+
+def _run_matrix(steps, w0, A, **kw):
+    """f = 0.5 w^T A w (non-diagonal A), returns the iterates."""
+    w = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
+    A = torch.tensor(A, dtype=torch.float64)
+    opt = SANIA([w], preconditioner="newton_cg", **kw)
+
+    def closure():
+        opt.zero_grad()
+        loss = 0.5 * w @ A @ w
+        loss.backward(create_graph=True)
+        return loss
+
+    out = []
+    for _ in range(steps):
+        opt.step(closure)
+        out.append(w.detach().clone())
+    return out
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_newton_cg_halves_any_quadratic(foreach):
+    # f = 0.5 w^T A w, f* = 0: H^-1 g = w and <g, H^-1 g> = w^T A w = 2 f, so the Polyak ratio
+    # is 1/2 and every step halves w whatever A (affine invariance); 2 CG steps are exact in 2-d.
+    for A in ([[2.0, 0.9], [0.9, 1.0]], [[100.0, -3.0], [-3.0, 0.2]]):
+        got = _run_matrix(3, [1.0, -2.0], A, cg_iters=2, foreach=foreach)
+        for t, w in enumerate(got, start=1):
+            torch.testing.assert_close(w, torch.tensor([1.0, -2.0], dtype=torch.float64) / 2**t,
+                                       rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_newton_cg_negative_curvature_falls_back_to_sps(foreach):
+    # A indefinite and g^T A g < 0 at w0 = (0, 1): the first CG direction has negative
+    # curvature, so d = g and the step is SPS's: w - (f - f*) / ||g||^2 g with f* = -10.
+    A = [[1.0, 0.0], [0.0, -1.0]]
+    w0 = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    g = torch.tensor(A, dtype=torch.float64) @ w0
+    f = -0.5
+    expected = w0 - (f + 10.0) / (g @ g) * g
+    got = _run_matrix(1, w0.tolist(), A, f_star=-10.0, foreach=foreach)
+    torch.testing.assert_close(got[0], expected, rtol=0, atol=1e-14)
+
+
+def test_newton_cg_needs_graph_and_converges():
+    w = torch.ones(3, requires_grad=True)
+    opt = SANIA([w], preconditioner="newton_cg")
+
+    def closure():
+        opt.zero_grad()
+        loss = (w * w).sum()
+        loss.backward()  # no create_graph
+        return loss
+
+    with pytest.raises(RuntimeError, match="create_graph=True"):
+        opt.step(closure)
+    check_converges(SANIA, dict(preconditioner="newton_cg"), "quadratic", steps=60, tol=1e-12,
+                    autograd=True)
+    check_converges(SANIA, dict(preconditioner="newton_cg", max_step=1.0), "rosenbrock",
+                    steps=300, tol=1e-3, autograd=True)
+
+
+def test_newton_cg_invalid():
+    check_invalid(SANIA, [dict(preconditioner="newton_cg", cg_iters=0),
+                          dict(preconditioner="newton_cg", cg_iters=1.5),
+                          dict(preconditioner="newton_cg", cg_tol=-1.0)])

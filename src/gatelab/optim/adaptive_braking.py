@@ -9,7 +9,9 @@ steps stable::
     g~ = g * (1 - rho * cos(g, v))        cos(g, v) = <g, v> / (||g|| ||v||), per tensor
     v <- mu v + g~;   x <- x - lr v       (torch.optim.SGD's momentum convention)
 
-Sign convention (our reading; we could not verify the paper's symbols): v is torch's momentum
+Sign convention (our reading; we could not verify the paper's symbols: a search of stored
+pages and code on 2026-11-23 reached only the abstract, "AB dynamically scales the gradient
+based on the alignment of the gradient and the velocity"): v is torch's momentum
 buffer, a running sum of gradients, so it points uphill like g. When g opposes v (the iterate
 overshot and the gradient flipped) cos < 0 and the gradient is amplified by up to (1 + rho),
 braking the velocity; when g agrees with v it is damped by (1 - rho cos). The cosine is

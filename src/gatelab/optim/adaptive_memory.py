@@ -41,6 +41,10 @@ first gradient later start the same way and are left out of that step's beta. Wh
 
 Defaults: ``lam=0.1`` and ``beta_max=0.9``, our reading of the paper's deep-learning setting
 ("no tuning"); ``lr`` 1e-2 (AM-SGD) and 1e-3 (AM-AdamW), ``betas[1]=0.999``, ``eps=1e-8``.
+Confirmed: the AM-SGD update d' = ((beta+lam) d + (1-beta) g)/(1+lam), x <- x - lr d' (paper
+summary at sciencestack.ai/paper/2510.04988, read 2026-11-23). Not confirmed (only abstracts
+and summaries were reachable; no official code found): the closed form of beta_t above, its
+clipping and the defaults.
 Details we had to choose (the paper's text was not available to us beyond the update form):
 the memory plane passes through f(x_{t-1}) at x_t; the Taylor gap uses the actual previous
 displacement including decoupled weight decay (recovered from the stored lr and bias factor,

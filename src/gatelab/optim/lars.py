@@ -24,6 +24,11 @@ box was not available to us: phi takes the place of eta, and its floor gamma_min
 (so TVLARS "gradually transitions to LARS"): here ``trust_coefficient`` is gamma_min. With the
 defaults (alpha 1, lmbda 1e-3, delay 0) phi starts at 1/2 + eta and halves its excess every
 ~700 steps; ``delay`` holds phi near 1/alpha for about that many steps first.
+Still unconfirmed: only the paper's abstract was reachable. The authors' research code
+(github.com/KhoiDOO/tvlars, ``opt/tvlars.py``, versions read 2026-11-23) disagrees with this
+reading and with itself: it multiplies eta by the factor, ratio = eta ||w|| / ||g + beta w|| /
+(alpha + exp(lmbda (t + 1))) with alpha 0.1 hard-coded or absent, no gamma_min floor, and in
+one version plain LARS during ``epoch_delay_cnt`` epochs before the factor starts.
 
 Defaults: ``lr=1.0``, ``momentum=0.9``, ``trust_coefficient=1e-3``, ``weight_decay=0``.
 ``foreach=None``: loop on CPU, foreach on accelerators. Measured (10.5M fp32 parameters of

@@ -27,9 +27,10 @@ param group)::
 
 so the least noisy layer keeps ``lr`` and every other layer is scaled down by its noise.
 Details we had to choose (the paper's algorithm box was not available to us; this is our most
-faithful reading of the abstract): the noise sample is the distance of the fresh gradient from
-the momentum before it absorbs that gradient (``"momentum"``, no extra memory) or half the
-squared distance between consecutive gradients (``"difference"``, one extra buffer per
+faithful reading of the abstract; a search of stored pages and code on 2026-11-23 found only
+the abstract and summaries, and no official code): the noise sample is the distance of the
+fresh gradient from the momentum before it absorbs that gradient (``"momentum"``, no extra
+memory) or half the squared distance between consecutive gradients (``"difference"``, one extra buffer per
 layer); the first sample is taken at a layer's second step; layers without a sample yet use
 ``lr``; the normalisation is by the group minimum; the layer lr also scales its weight decay.
 ``dual_norm="nuclear"`` is the exact dual of the spectral norm (computed from the eigenvalues

@@ -46,8 +46,9 @@ class OptimisticAMSGrad(_BaseOptimizer):
     The optimistic step follows METHODS.md §5.1 (η β1 h_{t+1}/√v̂_t with h the predicted
     *gradient*). Our recollection of the paper's Algorithm 1 is a momentum-form
     prediction, w_{t+1} = w_{t+1/2} - η (β1 θ_{t-1} + (1-β1) m_{t+1})/√v̂_t with m_{t+1}
-    the predicted gradient — not verified (the paper text was not available): check it
-    before quoting results.
+    the predicted gradient — not verified (the paper text was not available; a search of
+    stored pages and code on 2026-11-23 found no copy of Algorithm 1 and no official code):
+    check it before quoting results.
 
     Choices the paper leaves open (gatelab's, to verify against the paper): the
     extrapolation is solved **per parameter tensor** (the paper writes it for the whole

@@ -234,6 +234,8 @@ def refined_multipliers(
     (the paper's two variants). With constant norms this is exactly linear decay
     (T - t)/T; rising norms late in training give the fast final decay, small early norms
     a warm-up. The pilot run is resampled (linear interpolation) to `total_steps`.
+    Not confirmed against the paper's algorithm box (a search of stored pages on 2026-11-23
+    reached only the abstract of arXiv 2310.07831): the median-filter width is our choice.
     """
     g = np.asarray(list(grad_norms), dtype=np.float64)
     if g.ndim != 1 or g.size < 2 or not np.all(np.isfinite(g)) or np.any(g <= 0):

@@ -19,7 +19,7 @@ sum (not the mean) over the subset is the paper's: the step generalises AdaGrad-
 Memory: a (m, n) matrix holds m*n + m state entries instead of Adam's 2*m*n. `state_bytes()`
 counts what is allocated; `adam_state_bytes()` what torch.optim.Adam would hold for the same
 tensors, so ``opt.state_bytes() / opt.adam_state_bytes()`` is the reduction (about 0.5 for
-matrices; Subspace-Momentum, which would shrink m too, is not implemented here).
+matrices; Subspace-Momentum, which shrinks m too, is `subspace_momentum.py`).
 
 Defaults: official code: ``betas=(0.9, 0.999)``, ``eps=1e-6``, decoupled weight decay.
 Differences from the official code (our choices, torch AdamW conventions): weight decay is
@@ -40,7 +40,7 @@ from ..core.registry import register
 from ._functional import _check_lr_betas_eps, _step_tensor
 from ._group_step import GroupStepOptimizer
 
-__all__ = ["SubsetNormAdamW"]
+__all__ = ["StateBytesMixin", "SubsetNormAdamW"]
 
 _SUBSETS = ("row", "column", "keep_larger")
 
@@ -57,8 +57,24 @@ def _reduce_dims(shape: torch.Size, subset: str) -> tuple[int, ...]:
     return tuple(range(1, nd))
 
 
+class StateBytesMixin:
+    """`state_bytes()` vs `adam_state_bytes()`: the memory-reduced optimizers' accounting."""
+
+    state: dict
+
+    def state_bytes(self) -> int:
+        """Bytes of every tensor in the optimizer state (moments and step counters)."""
+        return sum(t.numel() * t.element_size() for s in self.state.values() for t in s.values()
+                   if isinstance(t, Tensor))
+
+    def adam_state_bytes(self) -> int:
+        """Bytes torch.optim.Adam(W) would hold for the params that have state here:
+        two moments of the param's size plus a float32 step counter each."""
+        return sum(2 * p.numel() * p.element_size() + 4 for p in self.state)
+
+
 @register("optimizer", "subset_norm")
-class SubsetNormAdamW(GroupStepOptimizer):
+class SubsetNormAdamW(StateBytesMixin, GroupStepOptimizer):
     """AdamW with Subset-Norm second moments (module docstring).
 
     Args:
@@ -83,16 +99,6 @@ class SubsetNormAdamW(GroupStepOptimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         subset=subset, maximize=maximize, foreach=foreach)
         super().__init__(params, defaults)
-
-    def state_bytes(self) -> int:
-        """Bytes of every tensor in the optimizer state (moments and step counters)."""
-        return sum(t.numel() * t.element_size() for s in self.state.values() for t in s.values()
-                   if isinstance(t, Tensor))
-
-    def adam_state_bytes(self) -> int:
-        """Bytes torch.optim.Adam(W) would hold for the params that have state here:
-        two moments of the param's size plus a float32 step counter each."""
-        return sum(2 * p.numel() * p.element_size() + 4 for p in self.state)
 
     def _step_group(self, group: dict, params: list[Tensor], grads: list[Tensor],
                     foreach: bool) -> None:
