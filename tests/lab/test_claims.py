@@ -217,6 +217,9 @@ def test_runner_end_to_end_on_one_claim_writes_and_resumes(tmp_path):
     assert [(r.runs, r.not_run) for r in report] == [(0, 6), (4, 0)]
     assert report[0].findings[0].verdict == "no data"
     assert "[14] Mixture-of-Depths 12.5%: 0 of 6 runs done" in (tmp_path / "claims.md").read_text()
+    run_claims(["mod"], tmp_path, seeds=2, overrides=TINY, train=False, echo=logs.append)
+    md = (tmp_path / "claims.md").read_text()  # claims run earlier into the directory stay in the report
+    assert "[12] GateSkip" in md and md.index("[12] GateSkip") < md.index("[14] Mixture-of-Depths")
 
 
 def test_not_runnable_claim_is_reported_not_faked(tmp_path):

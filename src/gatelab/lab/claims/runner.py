@@ -118,12 +118,17 @@ def run_claims(requested: Sequence[str] | None = None, out_dir: str | Path = "re
         if c.sweep is not None:
             expand(spec_for(c, seeds), overrides)
     out_dir = Path(out_dir)
+    # claims run earlier into the same directory stay in the report (re-evaluated, not retrained)
+    chosen = {c.name for c in claims}
+    earlier = [run_claim(c, out_dir, seeds=seeds, overrides=overrides, train=False, echo=lambda _: None)
+               for c in available() if c.name not in chosen and c.sweep is not None and (out_dir / c.name).is_dir()]
     results: list[ClaimResult] = []
     for i, c in enumerate(claims, 1):
         echo(f"== claim {i}/{len(claims)}: [{c.number}] {c.title}")
         results.append(run_claim(c, out_dir, seeds=seeds, workers=workers, overrides=overrides, train=train,
                                  echo=echo))
-        write_report(results, out_dir, seeds=seeds, overrides=overrides, pending=[p.name for p in claims[i:]])
+        shown = sorted(results + earlier, key=lambda r: _order(r.number))
+        write_report(shown, out_dir, seeds=seeds, overrides=overrides, pending=[p.name for p in claims[i:]])
     return results
 
 
