@@ -130,3 +130,23 @@ def test_errors(ep_results):
     assert "n_experts (3) divisible by the number of ranks (2)" in ep_results[0]["not_divisible"]
     with pytest.raises(ConfigError, match="needs torch.distributed initialised"):
         parallelize_moe(nn.Sequential(_layer("dropless")))
+
+
+def test_shard_keeps_ternary_quantisation():
+    """A sharded expert block keeps its `quant` (ternary experts do not silently run in fp)."""
+    import torch.distributed as dist
+
+    from gatelab.quant import ExpertQuant
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        experts = Experts(4, 8, 16, "swiglu")
+        experts.quant = ExpertQuant()
+        local = MoEParallel().shard(experts)
+        assert local.quant is experts.quant
+        x = torch.randn(5, 8)
+        assert torch.equal(local.forward_one(1, x), experts.forward_one(1, x))
+        local.quant = None
+        assert not torch.allclose(local.forward_one(1, x), experts.forward_one(1, x))
+    finally:
+        dist.destroy_process_group()

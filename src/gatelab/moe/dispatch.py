@@ -41,8 +41,9 @@ def dispatch_dropless(x_TD: Tensor, decision: RoutingDecision, experts: Experts,
     real = decision.real()
     order_A = torch.argsort(real.expert_idx_A, stable=True)
     counts_E = real.counts(real.n_experts)
-    return _DroplessExperts.apply(x_TD, real.token_idx_A[order_A], real.weight_A[order_A], counts_E,
-                                  experts.w_in, experts.w_out, experts, experts.resolve_impl(x_TD, impl))
+    w_in, w_out = experts.weights()  # quantised experts: straight-through outside the custom backward
+    return _DroplessExperts.apply(experts.inputs(x_TD), real.token_idx_A[order_A], real.weight_A[order_A],
+                                  counts_E, w_in, w_out, experts, experts.resolve_impl(x_TD, impl))
 
 
 class _DroplessExperts(torch.autograd.Function):
@@ -60,6 +61,11 @@ class _DroplessExperts(torch.autograd.Function):
     (rows, d_model) copies are one expert's block, which stays in cache, instead of A rows
     written and re-read from memory: on CPU this is what makes fine-grained experts
     (k = 8 copies of each token) cheap.
+
+    Quantised experts: x_TD, w_in, w_out arrive already quantised (`Experts.inputs` /
+    `weights`, straight-through outside this function) and `experts.down_input` quantises
+    act(h) per row before W_out, in the forward and wherever the backward uses it (d W_out
+    and d w_a use the quantised hidden); its gradient is the identity, so `act_backward` holds.
     """
 
     @staticmethod
@@ -69,7 +75,7 @@ class _DroplessExperts(torch.autograd.Function):
         h_parts = []
         for b in _blocks(token_A, weight_A.to(x_TD.dtype), counts_E, w_in, w_out, impl):
             h_NF = b.mm(x_TD.index_select(0, b.token_N), b.w_in)
-            y_TD.index_add_(0, b.token_N, b.mm(experts.act(h_NF) * b.w_N1, b.w_out).to(acc))
+            y_TD.index_add_(0, b.token_N, b.mm(experts.down_input(h_NF) * b.w_N1, b.w_out).to(acc))
             h_parts.append(h_NF)
         ctx.save_for_backward(x_TD, token_A, weight_A, counts_E, w_in, w_out, *h_parts)
         ctx.experts, ctx.impl = experts, impl
@@ -86,7 +92,7 @@ class _DroplessExperts(torch.autograd.Function):
         blocks = _blocks(token_A, weight_A.to(x_TD.dtype), counts_E, w_in, w_out, ctx.impl)
         for b, h_NF in zip(blocks, h_parts):
             g_ND = g_TD.index_select(0, b.token_N)
-            a_NH = experts.act(h_NF)
+            a_NH = experts.down_input(h_NF)
             g_s_NH = b.mm(g_ND, b.w_out.transpose(-1, -2))
             grad_weight_parts.append((g_s_NH * a_NH).sum(1))
             g_h_NF = experts.act_backward(h_NF, g_s_NH * b.w_N1)

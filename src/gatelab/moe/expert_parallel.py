@@ -75,6 +75,7 @@ class MoEParallel:
         """A new `Experts` holding only this rank's rows of `experts` (same values)."""
         ids = self.local_experts(experts.n)
         local = Experts(len(ids), experts.d_model, experts.hidden, experts.activation)
+        local.quant = experts.quant  # ternary experts stay ternary (gatelab.quant.ExpertQuant)
         local.to(device=experts.w_in.device, dtype=experts.w_in.dtype)
         with torch.no_grad():
             local.w_in.copy_(experts.w_in[ids.start:ids.stop])

@@ -30,9 +30,11 @@ from ..core.config import check
 from ..core.registry import register
 
 
-def ternarize(w: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor]:
-    """Absmean ternary quantisation: (W_q ∈ {−1, 0, 1} in w's dtype, γ = mean|W| as a 0-d tensor)."""
-    gamma = w.abs().mean()
+def ternarize(w: Tensor, eps: float = 1e-5, per_matrix: bool = False) -> tuple[Tensor, Tensor]:
+    """Absmean ternary quantisation: (W_q ∈ {−1, 0, 1} in w's dtype, γ = mean|W| as a 0-d tensor).
+
+    `per_matrix`: one γ per matrix of a stack (..., d_in, d_out), shape (..., 1, 1) (MoE experts)."""
+    gamma = w.abs().mean((-2, -1), keepdim=True) if per_matrix else w.abs().mean()
     return (w / (gamma + eps)).round().clamp(-1, 1), gamma
 
 
@@ -43,10 +45,10 @@ def quantize_activations(x: Tensor, bits: int, eps: float = 1e-5) -> tuple[Tenso
     return (x * (q / eta)).round().clamp(-q - 1, q), eta
 
 
-def fake_quant_weight(w: Tensor, eps: float = 1e-5) -> Tensor:
+def fake_quant_weight(w: Tensor, eps: float = 1e-5, per_matrix: bool = False) -> Tensor:
     """γ·W_q in the forward, identity gradient to the latent W (straight-through; without
-    autograd the dequantised weight itself)."""
-    w_q, gamma = ternarize(w.detach(), eps)
+    autograd the dequantised weight itself). `per_matrix`: see `ternarize`."""
+    w_q, gamma = ternarize(w.detach(), eps, per_matrix)
     w_deq = gamma * w_q
     return w + (w_deq - w).detach() if torch.is_grad_enabled() and w.requires_grad else w_deq
 
@@ -58,6 +60,27 @@ def fake_quant_activations(x: Tensor, bits: int, eps: float = 1e-5) -> Tensor:
     x_q, eta = quantize_activations(x.detach(), bits, eps)
     x_deq = x_q * (eta / (2 ** (bits - 1) - 1))
     return x + (x_deq - x).detach() if torch.is_grad_enabled() and x.requires_grad else x_deq
+
+
+@dataclass(frozen=True)
+class ExpertQuant:
+    """BitLinear's quantisers for stacked MoE experts (`gatelab.moe.Experts.quant`).
+
+    `weight`: absmean ternary with one γ per expert matrix, straight-through; applied to the
+    (E, d_in, d_out) stacks before dispatch (the identity STE commutes with the dispatch).
+    `act`: per-row absmax `act_bits` quantisation, straight-through; the experts apply it to
+    their input and to the hidden activation before the down projection, as the two
+    BitLinear layers of an expert would.
+    """
+
+    act_bits: int = 8
+    eps: float = 1e-5
+
+    def weight(self, w: Tensor) -> Tensor:
+        return fake_quant_weight(w, self.eps, per_matrix=True)
+
+    def act(self, x_ND: Tensor) -> Tensor:
+        return fake_quant_activations(x_ND, self.act_bits, self.eps)
 
 
 @dataclass
@@ -84,6 +107,11 @@ class FullPrecision:
     def from_linear(cls, linear: nn.Linear, cfg: Any = None) -> nn.Linear:
         return linear
 
+    @classmethod
+    def for_experts(cls, cfg: Any = None) -> None:
+        """MoE experts stay in full precision (no transform)."""
+        return None
+
 
 @register("linear", "bitlinear")
 class BitLinear(nn.Linear):
@@ -108,6 +136,13 @@ class BitLinear(nn.Linear):
                   dtype=linear.weight.dtype).to_empty(device=linear.weight.device)
         new.init_from(linear)
         return new
+
+    @classmethod
+    def for_experts(cls, cfg: BitLinearConfig | None = None) -> ExpertQuant:
+        """The same quantisation for stacked MoE experts (set as `Experts.quant` by the swap)."""
+        cfg = cfg or BitLinearConfig()
+        cfg.validate()
+        return ExpertQuant(cfg.act_bits, cfg.eps)
 
     def init_from(self, linear: nn.Linear) -> None:
         with torch.no_grad():

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..core.aux import ForwardContext
 from ..core.config import check
+from ..core.errors import ConfigError
 from ..core.registry import register
 from .bitlinear import BitLinear, BitLinearConfig
 
@@ -131,6 +132,13 @@ class HGFLinear(ContextBound, BitLinear):
     def init_from(self, linear: nn.Linear) -> None:
         super().init_from(linear)
         self.correction.reset_parameters()
+
+    @classmethod
+    def for_experts(cls, cfg: HGFConfig | None = None) -> None:
+        """Not supported: the experts are stacked tensors with no per-expert correction path."""
+        raise ConfigError("model.linear=hgf does not support MoE experts (no gated low-rank correction for "
+                          "stacked experts); use model.linear=bitlinear, or add 'experts' and 'shared' to "
+                          "model.linear.exclude to keep the experts in full precision")
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x) + self.correction(x, self._ctx)

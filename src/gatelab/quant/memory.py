@@ -7,6 +7,9 @@ Per quantised layer (d_in -> d_out):
     correction = 2·(r·(d_in + d_out) + gate parameters)     HGF path stored in fp16
     fp16       = 2·d_in·d_out + 2·d_out (bias)              the same layer left in fp16
 
+Quantised MoE experts (`Experts.quant` set) count as one such layer per expert matrix
+(``{name}.w_in[e]``, ``{name}.w_out[e]``: one γ each, no bias, no correction).
+
 `overhead_vs_ternary` = correction / backbone (the HGF claim's "overhead beyond the
 ternary backbone", backbone-only denominator). Whole-model figures add every other
 parameter (embedding, tied head, norms, layers left in FP) at fp16, compared with the
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..moe.experts import Experts
 from .bitlinear import BitLinear
 from .hgf import GatedLowRank
 from .packing import PackedBitLinear, packed_size
@@ -87,6 +91,10 @@ def memory_report(model: nn.Module) -> MemoryReport:
     report = MemoryReport()
     counted: set[int] = set()
     for name, m in model.named_modules():
+        if isinstance(m, Experts) and m.quant is not None:
+            report.layers += _expert_layers(name, m)
+            counted.update(id(t) for t in m.parameters())
+            continue
         if not isinstance(m, (BitLinear, PackedBitLinear)):
             continue
         d_in, d_out = m.in_features, m.out_features
@@ -104,3 +112,14 @@ def memory_report(model: nn.Module) -> MemoryReport:
     report.other_fp16_bytes = FP16_BYTES * sum(p.numel() for p in params if id(p) not in counted)
     report.train_bytes = ADAMW_TRAIN_BYTES * sum(p.numel() for p in params if p.requires_grad)
     return report
+
+
+def _expert_layers(name: str, experts: Experts) -> list[LayerMemory]:
+    """One ternary layer per expert matrix of a quantised `Experts` (2-bit trits + one fp32 γ)."""
+    layers = []
+    for w_name, w in (("w_in", experts.w_in), ("w_out", experts.w_out)):
+        _, d_in, d_out = w.shape
+        backbone = packed_size(d_in * d_out) + SCALE_BYTES
+        layers += [LayerMemory(f"{name}.{w_name}[{e}]", d_in, d_out, backbone_bytes=backbone, correction_bytes=0,
+                               fp16_bytes=FP16_BYTES * d_in * d_out) for e in range(experts.n)]
+    return layers

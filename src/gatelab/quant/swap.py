@@ -14,6 +14,11 @@ elementwise work is not counted, like norms). Layers with extra work (HGF's corr
 are `ContextBound`: a forward pre-hook on each swapped mixer / FFN binds that call's
 `ForwardContext` to them, so they add their own FLOPs and statistics under
 ``layer{i}/{mixer|ffn}/{linear name}/``.
+
+MoE experts (`gatelab.moe.Experts`, stacked tensors, not nn.Linear) get the layer class's
+`for_experts(options)` transform as their `quant` (BitLinear: `ExpertQuant`; none: no
+transform; HGF raises ConfigError), unless their qualified name contains an `exclude` entry
+(e.g. ``experts`` / ``shared``). Expert matmuls count like the FP ones.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ from torch import nn
 
 from ..core.aux import ForwardContext
 from ..core.config import Component
+from ..core.errors import ConfigError
+from ..moe.experts import Experts
 from .hgf import ContextBound
 
 BLOCK_PARTS = ("mixer", "ffn")
@@ -62,8 +69,25 @@ def quantize_linears(model: nn.Module, spec: Component, parts: Sequence[str] = B
         names = replace_modules(target, make)
         if names:
             _install_context_hooks(target)
-        swapped += [f"{prefix}.{n}" for n in names]
+        swapped += [f"{prefix}.{n}" for n in names] + _quantize_experts(target, prefix, spec, exclude)
     return swapped
+
+
+def _quantize_experts(part: nn.Module, prefix: str, spec: Component, exclude: tuple[str, ...]) -> list[str]:
+    """Set `quant` on the not yet quantised, not excluded `Experts` inside `part`; returns their names."""
+    done = []
+    for name, m in part.named_modules():
+        qualified = f"{prefix}.{name}"
+        if not isinstance(m, Experts) or m.quant is not None or any(e in qualified for e in exclude):
+            continue
+        for_experts = getattr(spec.cls, "for_experts", None)
+        if for_experts is None:
+            raise ConfigError(f"model.linear={spec.name} has no MoE expert form ({qualified}); add 'experts' and "
+                              "'shared' to model.linear.exclude or use model.linear=bitlinear")
+        m.quant = for_experts(spec.options)
+        if m.quant is not None:
+            done.append(qualified)
+    return done
 
 
 def _install_context_hooks(part: nn.Module) -> None:
