@@ -131,3 +131,14 @@ def test_dselect_k_in_the_moe_layer_dispatches_like_the_reference_and_trains_the
     (y.square().sum() + aux.total_loss()).backward()
     assert moe.router.z_weight.grad.abs().sum() > 0 and moe.router.w_weight.grad.abs().sum() > 0
     assert set(aux.losses) == {"lb_loss", "dselect_entropy"}
+
+
+def test_dselect_k_router_flops_are_metered():
+    """Its two gate projections (z: k*m outputs, w: k outputs, with biases) count as router work."""
+    moe = MoELayer(D, MoEConfig(n_experts=4, k=2, hidden=8, router={"name": "dselect_k"}))
+    ctx = ForwardContext()
+    moe(torch.randn(2, 5, D), ctx)
+    outputs = moe.router.z_weight.shape[0] + moe.router.w_weight.shape[0]
+    assert outputs == 2 * 2 + 2
+    flops, params = ctx.meter.breakdown()["router"]
+    assert flops == 2 * 10 * D * outputs and params == 10 * (D * outputs + outputs)

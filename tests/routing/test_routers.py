@@ -259,3 +259,11 @@ def test_gshard_random_second_expert_is_kept_with_probability_weight_over_thresh
 def test_gshard_random_second_expert_needs_k_of_at_least_two():
     with pytest.raises(ConfigError, match=r"router.second='random'.*k >= 2"):
         make("topk", k=1, second="random")
+
+
+def test_gshard_random_second_expert_with_k_1_fails_at_config_time():
+    from gatelab.config import load_config
+
+    with pytest.raises(ConfigError, match=r"router.second='random'.*k >= 2"):
+        load_config(None, [("model.block.ffn.name", "moe"), ("model.block.ffn.k", "1"),
+                           ("model.block.ffn.router.second", "random")])

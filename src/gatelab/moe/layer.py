@@ -65,6 +65,8 @@ class MoEConfig(ConfigBase):
         check(1 <= self.k <= self.n_experts + n_null, "k", self.k, f"must be in [1, {slots}]")
         if self.router.name == "hash":
             check(self.k == 1, "k", self.k, "hash routing sends each token to one expert: set k=1")
+        check(getattr(self.router.options, "second", "always") == "always" or self.k >= 2, "router.second",
+              "random", f"needs k >= 2 (got k={self.k}); use router.second=always for k=1")
         check(self.hidden >= 0, "hidden", self.hidden, "must be >= 0 (0 = hidden_mult * d_model)")
         check(self.hidden_mult > 0, "hidden_mult", self.hidden_mult, "must be > 0")
         check(self.multiple_of >= 1, "multiple_of", self.multiple_of, "must be >= 1")

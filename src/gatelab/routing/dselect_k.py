@@ -93,6 +93,8 @@ class DSelectKRouter(nn.Module):
 
     def forward(self, x_TD: Tensor, ctx: ForwardContext) -> RoutingDecision:
         q_TE, r_TKL = self.gates(x_TD)
+        ctx.meter.add_linear("router", x_TD.shape[0], x_TD.shape[1], self.z_weight.shape[0] + self.w_weight.shape[0],
+                             bias=True)
         if self.cfg.entropy_reg > 0:
             entropy = -(r_TKL * torch.log(r_TKL.clamp_min(1e-30))).sum(-1).sum(-1).mean()
             ctx.aux.add_loss("dselect_entropy", self.cfg.entropy_reg * entropy)
