@@ -4,6 +4,8 @@
   averaged over batch, heads and queries i >= 1 (query 0 attends only to itself), plus the
   maximum over heads. Read out by attending over one-hot values inside the fused SDPA,
   so no T x T probability matrix is materialised.
+  With ``sink: token`` key 0 is still the first *real* token; the learned sink token's own
+  mass (same averaging) is reported separately as ``f_attn_sink_token``.
 - **M-Act** (massive activations): per block, max |h| of the block output.
 
 Both as in "Gated Attention for Large Language Models" (Qiu et al., 2025, Table 1 and §4.3);
@@ -49,7 +51,9 @@ def measure(model: nn.Module, idx_BT: Tensor) -> dict[str, float]:
 
     Keys: ``f_attn``, ``f_attn_max_head`` (means over attention layers; absent without
     softmax attention), ``f_attn/layer{i}``, ``f_attn_max_head/layer{i}``, ``m_act``
-    (mean over blocks of max |block output|), ``m_act/layer{i}``.
+    (mean over blocks of max |block output|), ``m_act/layer{i}``; with ``sink: token`` layers,
+    also ``f_attn_sink_token`` (mean over those layers of the head-mean mass on the sink
+    token) and ``f_attn_sink_token/layer{i}``.
     """
     blocks = _layers(model)
     attn_layers = [(i, m) for i, b in enumerate(blocks) for m in b.modules() if isinstance(m, CausalSelfAttention)]
@@ -76,6 +80,11 @@ def measure(model: nn.Module, idx_BT: Tensor) -> dict[str, float]:
         for i, m_H in mass:
             out[f"f_attn/layer{i}"] = float(m_H.mean())
             out[f"f_attn_max_head/layer{i}"] = float(m_H.max())
+        sink = [(i, slot["sink_token_mass_H"]) for (i, _), slot in zip(attn_layers, slots)
+                if "sink_token_mass_H" in slot]
+        if sink:
+            out["f_attn_sink_token"] = float(torch.stack([m_H.mean() for _, m_H in sink]).mean())
+            out.update({f"f_attn_sink_token/layer{i}": float(m_H.mean()) for i, m_H in sink})
     acts = {i: float(a) for i, a in sorted(max_abs.items())}  # a depth method may bypass a block's forward
     if acts:
         out["m_act"] = sum(acts.values()) / len(acts)

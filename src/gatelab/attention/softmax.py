@@ -13,6 +13,11 @@ Sparsity, and Attention-Sink-Free" (Qiu et al., 2025):
   denominator (Miller, 2023, "Attention Is Off By One"), ``learned`` adds exp(s_h) for a
   learned per-head logit s_h (zero-init, so it starts as off-by-one; gpt-oss's "attention
   sinks"). Both run inside the fused SDPA: a virtual key whose score is s_h and value is 0.
+  ``token`` prepends a learned sink token: a key and a value per KV head (zero-init, so it
+  also starts as off-by-one; no RoPE on the sink key), seen by every query and kept out of
+  the KV cache (prepended at every step): a key/value-level form of the learnable sink token
+  that "Efficient Streaming Language Models with Attention Sinks" (Xiao et al., 2023)
+  prepends to every training sample.
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ class AttentionConfig:
     gate: Literal["none", "headwise", "elementwise"] = "none"  # sigmoid gate from the block input
     gate_position: Literal["output", "value"] = "output"  # output = G1 (after SDPA); value = G2
     gate_fn: Literal["sigmoid", "ns_sigmoid"] = "sigmoid"  # ns_sigmoid = 0.5 + 0.5 sigmoid (control)
-    sink: Literal["none", "off_by_one", "learned"] = "none"  # extra softmax-denominator term
+    sink: Literal["none", "off_by_one", "learned", "token"] = "none"  # extra softmax-denominator term
     qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
 
     def validate(self) -> None:
@@ -86,8 +91,12 @@ class CausalSelfAttention(nn.Module):
         self.out.is_residual_out = True
         self.rope = RotaryEmbedding(self.head_dim, cfg.rope_theta)
         self.sink_logit_H = nn.Parameter(torch.zeros(self.n_head)) if cfg.sink == "learned" else None
+        token = cfg.sink == "token"  # a learned sink key and value per KV head (zero-init: off-by-one)
+        self.sink_key_GK = nn.Parameter(torch.zeros(self.n_kv_head, self.head_dim)) if token else None
+        self.sink_value_GK = nn.Parameter(torch.zeros(self.n_kv_head, self.head_dim)) if token else None
         #: set to a dict by `sink_metric.probe`; a forward at pos 0 then stores the attention
         #: mass on the first token per head ("first_token_mass_H", mean over batch and queries >= 1)
+        #: and, with ``sink: token``, the mass on the sink token ("sink_token_mass_H", same mean)
         self.sink_probe: dict[str, Tensor] | None = None
 
     def init_cache(self, batch: int, max_len: int, device: torch.device, dtype: torch.dtype) -> KVCache:
@@ -122,7 +131,8 @@ class CausalSelfAttention(nn.Module):
             ctx.meter.add_linear("qkv", B * T, self.d_model, self.qkv_dim)
             if self.gate_dim:
                 ctx.meter.add_linear("gate", B * T, self.d_model, self.gate_dim)
-            ctx.meter.add("sdpa", causal_attention_flops(B, H, K, T, pos))
+            sink_key_flops = 4 * B * H * K * T if self.sink == "token" else 0  # one more key per query
+            ctx.meter.add("sdpa", causal_attention_flops(B, H, K, T, pos) + sink_key_flops)
             ctx.meter.add_linear("out", B * T, H * K, self.d_model)
         return y_BTD
 
@@ -143,6 +153,8 @@ class CausalSelfAttention(nn.Module):
     def _attend(self, q_BHTK: Tensor, k_BGSK: Tensor, v_BGSV: Tensor, pos: int) -> Tensor:
         T, S = q_BHTK.shape[2], k_BGSK.shape[2]
         gqa = self.n_kv_head != self.n_head
+        if self.sink == "token":
+            return self._attend_with_sink_token(q_BHTK, k_BGSK, v_BGSV, self.sink_value_GK)
         if self.sink != "none":
             return self._attend_with_sink(q_BHTK, k_BGSK, v_BGSV, gqa)
         if pos == 0:
@@ -165,15 +177,41 @@ class CausalSelfAttention(nn.Module):
         sink_key_BG1K1[..., K] = math.sqrt(K)
         k_BGS1K1 = torch.cat([sink_key_BG1K1, F.pad(k_BGSK, (0, 1))], dim=2)
         v_BGS1V = F.pad(v_BGSV, (0, 0, 1, 0))
-        mask_TS1 = torch.ones(T, S + 1, dtype=torch.bool, device=q_BHTK.device).tril(diagonal=S + 1 - T)
-        return F.scaled_dot_product_attention(q_BHTK1, k_BGS1K1, v_BGS1V, attn_mask=mask_TS1,
+        return F.scaled_dot_product_attention(q_BHTK1, k_BGS1K1, v_BGS1V, attn_mask=_sink_mask(T, S, q_BHTK.device),
                                               scale=1 / math.sqrt(K), enable_gqa=gqa)
 
+    def _attend_with_sink_token(self, q_BHTK: Tensor, k_BGSK: Tensor, v_BGSV: Tensor, sink_value_GV: Tensor) -> Tensor:
+        """softmax over [sink key, keys] with values [sink value, values]; the sink token
+        (key ``sink_key_GK``, value ``sink_value_GV``, no RoPE) is column 0 of the mask."""
+        B, T = q_BHTK.shape[0], q_BHTK.shape[2]
+        G, S = k_BGSK.shape[1], k_BGSK.shape[2]
+        sink_k_BG1K = self.sink_key_GK.to(k_BGSK.dtype).view(1, G, 1, -1).expand(B, G, 1, -1)
+        sink_v_BG1V = sink_value_GV.to(v_BGSV.dtype).view(1, G, 1, -1).expand(B, G, 1, -1)
+        k_BGS1K = torch.cat([sink_k_BG1K, k_BGSK], dim=2)
+        v_BGS1V = torch.cat([sink_v_BG1V, v_BGSV], dim=2)
+        return F.scaled_dot_product_attention(q_BHTK, k_BGS1K, v_BGS1V, attn_mask=_sink_mask(T, S, q_BHTK.device),
+                                              enable_gqa=self.n_kv_head != self.n_head)
+
     def _probe_first_token(self, q_BHTK: Tensor, k_BGSK: Tensor) -> None:
-        """Attention mass on key 0, read out by attending over one-hot values (no T x T matrix)."""
+        """Attention mass on key 0 (the first real token), read out by attending over one-hot
+        values (no T x T matrix); with a sink token, its own mass in a second value channel."""
         B, G, S, _ = k_BGSK.shape
         onehot_BGS1 = k_BGSK.new_zeros(B, G, S, 1)
         onehot_BGS1[:, :, 0] = 1.0
         with torch.no_grad():
-            mass_BHT1 = self._attend(q_BHTK.detach(), k_BGSK.detach(), onehot_BGS1, 0)
-        self.sink_probe["first_token_mass_H"] = mass_BHT1[:, :, 1:, 0].float().mean(dim=(0, 2))
+            if self.sink == "token":  # channel 0: real token 0; channel 1: the sink token
+                sink_onehot_G2 = k_BGSK.new_zeros(G, 2)
+                sink_onehot_G2[:, 1] = 1.0
+                mass_BHT2 = self._attend_with_sink_token(q_BHTK.detach(), k_BGSK.detach(),
+                                                         F.pad(onehot_BGS1, (0, 1)), sink_onehot_G2)
+                self.sink_probe["sink_token_mass_H"] = mass_BHT2[:, :, 1:, 1].float().mean(dim=(0, 2))
+                self.sink_probe["first_token_mass_H"] = mass_BHT2[:, :, 1:, 0].float().mean(dim=(0, 2))
+            else:
+                mass_BHT1 = self._attend(q_BHTK.detach(), k_BGSK.detach(), onehot_BGS1, 0)
+                self.sink_probe["first_token_mass_H"] = mass_BHT1[:, :, 1:, 0].float().mean(dim=(0, 2))
+
+
+def _sink_mask(T: int, S: int, device: torch.device) -> Tensor:
+    """(T, 1 + S) boolean mask: column 0 (a sink every query sees), then the S keys causally,
+    query i (absolute position S - T + i) seeing keys 0..S - T + i."""
+    return torch.ones(T, S + 1, dtype=torch.bool, device=device).tril(diagonal=S + 1 - T)
