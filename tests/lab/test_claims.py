@@ -13,7 +13,7 @@ from gatelab.lab.claims import attention, depth, moe, optim, quant
 from gatelab.lab.claims.base import metric, values
 from gatelab.lab.sweep import expand
 
-EXPECTED = {"gated_attention", "top_p", "null_experts", "fine_grained", "aux_free", "expert_choice", "gateskip",
+EXPECTED = {"gated_attention", "gated_attention_lr", "top_p", "null_experts", "fine_grained", "aux_free", "expert_choice", "gateskip",
             "skip_middle", "mod", "optimizers", "hgf"}
 
 
@@ -26,7 +26,7 @@ def test_registry_lists_every_claim_in_methods_order():
     claims = available()
     assert {c.name for c in claims} == EXPECTED
     numbers = [c.number for c in claims]
-    assert numbers[:3] == ["1", "§2.7", "3"] and numbers[-1] == "19/21/22"
+    assert numbers[:4] == ["1", "2", "§2.7", "3"] and numbers[-1] == "19/21/22"
 
 
 def test_unknown_claim_is_a_one_line_config_error_listing_names():
@@ -188,6 +188,34 @@ def test_gated_attention_reports_whether_a_sink_formed():
     low = [{**r, "summary": {**r["summary"], "f_attn": 0.03}} for r in recs]
     assert "no sink formed" in attention.evaluate(low)[2].note
     assert 0.05 < attention.uniform_first_token_share(64) < 0.07
+
+
+def lr_recs(base_losses, gated_losses):
+    """Records of the lr claim: per variant, a mean val loss per lr multiplier (None: diverged)."""
+    out = []
+    for variant, losses in (("base", base_losses), ("headwise", gated_losses)):
+        for lr, loss in zip(attention.LRS, losses):
+            for s in range(3):
+                params = {"optim.lr": lr}
+                out.append(rec(variant, s, params, status="failed") if loss is None
+                           else rec(variant, s, params, val_loss=loss + 0.01 * (s - 1)))
+    return out
+
+
+def test_gated_attention_lr_direction_holds_fails_and_ties():
+    assert attention.LRS == pytest.approx([3e-3, 6e-3, 1.2e-2, 2.4e-2])
+    holds = attention.evaluate_lr(lr_recs([2.0, 1.9, 2.3, None], [2.0, 1.9, 1.93, 2.5]))
+    assert holds[0].verdict == "yes" and holds[0].measured == "0.012 vs 0.006"
+    assert "base 0.003: 2.0000, 0.006: 1.9000, 0.012: 2.3000, 0.024: diverged" in holds[0].note
+    assert [f.verdict for f in holds[1:]] == ["no effect", "no effect", "yes", "no data"]
+    fails = attention.evaluate_lr(lr_recs([2.0, 1.9, 1.94, 2.1], [2.0, 1.9, None, None]))
+    assert fails[0].verdict == "no" and fails[0].measured == "0.006 vs 0.012"
+    tie = attention.evaluate_lr(lr_recs([2.0, 1.95, 1.9, 1.9], [2.0, 1.95, 1.9, 1.9]))
+    assert tie[0].verdict == "no effect" and "never reached the baseline's limit" in tie[0].note
+    one_seed_failed = lr_recs([2.0, 1.9, 1.92, 1.91], [2.0, 1.9, 1.92, 1.91])
+    one_seed_failed[-1] = rec("headwise", 2, {"optim.lr": attention.LRS[-1]}, status="failed")
+    assert attention.evaluate_lr(one_seed_failed)[0].verdict == "no"  # a diverged seed makes the lr unstable
+    assert attention.evaluate_lr([])[0].verdict == "no data"
 
 
 # ---------------------------------------------------------------------------- runner
