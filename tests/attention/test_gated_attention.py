@@ -59,6 +59,9 @@ def make(d=16, **opts):
     m = CausalSelfAttention(d, parse(AttentionConfig, {"n_head": 4, **opts})).double()
     if m.sink_logit_H is not None:
         torch.nn.init.normal_(m.sink_logit_H)
+    for p in (getattr(m, "sink_key_GK", None), getattr(m, "sink_value_GK", None)):
+        if p is not None:
+            torch.nn.init.normal_(p)
     return m
 
 
@@ -76,8 +79,10 @@ def test_matches_eager_reference_forward_and_backward(opts):
         torch.testing.assert_close(a, b if b is not None else torch.zeros_like(a), rtol=0, atol=1e-11)
 
 
-@pytest.mark.parametrize("opts", VARIANTS)
+@pytest.mark.parametrize("opts", VARIANTS + [{"sink": "token"}, {"sink": "token", "n_kv_head": 2},
+                                              {"sink": "token", "n_kv_head": 1, "gate": "headwise"}])
 def test_incremental_decoding_equals_full(opts):
+    """Chunked cached decoding equals the full forward (a sink token is prepended at every step, never cached)."""
     m = make(**opts).eval()
     x = torch.randn(2, 9, 16, dtype=torch.float64)
     full = m(x)

@@ -78,20 +78,6 @@ def test_zero_sink_token_equals_off_by_one_exactly(n_kv_head):
     assert not torch.equal(make(n_kv_head=n_kv_head)(x), obo(x))  # a trained sink differs
 
 
-@pytest.mark.parametrize("opts", VARIANTS)
-def test_cached_decoding_equals_full_forward(opts):
-    m = make(**opts).eval()
-    x = torch.randn(2, 9, 16, dtype=torch.float64)
-    full = m(x)
-    cache = m.init_cache(2, 9, x.device, x.dtype)
-    parts, pos = [], 0
-    for n in (3, 1, 4, 1):
-        parts.append(m(x[:, pos:pos + n], ForwardContext(cache=cache, pos=pos)))
-        pos += n
-    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=0, atol=1e-12)
-    assert cache.k_BHLK.shape[2] == 9  # the sink is not cached
-
-
 def test_parameters_shapes_and_flops():
     m = make(n_kv_head=2)
     assert m.sink_key_GK.shape == m.sink_value_GK.shape == (2, 4)

@@ -182,7 +182,7 @@ class CausalSelfAttention(nn.Module):
 
     def _attend_with_sink_token(self, q_BHTK: Tensor, k_BGSK: Tensor, v_BGSV: Tensor, sink_value_GV: Tensor) -> Tensor:
         """softmax over [sink key, keys] with values [sink value, values]; the sink token
-        (key ``sink_key_GK``, value ``sink_value_GV``, no RoPE) is column 0 of the mask."""
+        (key ``sink_key_GK``, value ``sink_value_GK``, no RoPE) is column 0 of the mask."""
         B, T = q_BHTK.shape[0], q_BHTK.shape[2]
         G, S = k_BGSK.shape[1], k_BGSK.shape[2]
         sink_k_BG1K = self.sink_key_GK.to(k_BGSK.dtype).view(1, G, 1, -1).expand(B, G, 1, -1)
