@@ -28,6 +28,7 @@ import numpy as np
 from .. import __version__
 from ..core.config import Component, check, to_dict
 from ..core.errors import DataError
+from ..core.files import atomic_write_text
 from ..core.registry import register
 from .batches import TokenSplit
 from .config import DataConfig
@@ -100,9 +101,7 @@ def write_prepared(bundle: DataBundle, out_dir: str | Path, source: dict[str, An
         "files": files,
         "source": source,
     }
-    tmp = out / (META_FILE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / META_FILE)
+    atomic_write_text(out / META_FILE, json.dumps(meta, indent=2) + "\n")
     return meta
 
 

@@ -16,7 +16,6 @@ newest checkpoint changes. Runs without a checkpoint have no analysis (None).
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import Tensor
 from ..attention import sink_metric
 from ..config import load_config
 from ..core.errors import CheckpointError
+from ..core.files import atomic_write_text
 from ..train import Trainer, list_checkpoints
 from ..train.checkpoint import load_weights
 from ..train.trainer import autocast_dtype
@@ -49,9 +49,7 @@ def run_analysis(run_dir: str | Path, refresh: bool = False) -> dict[str, Any] |
     if not refresh and _cache_current(cache, newest):
         return json.loads(cache.read_text(encoding="utf-8"))
     result = analyze_checkpoint(run_dir, newest)
-    tmp = cache.with_name(f".{cache.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    os.replace(tmp, cache)
+    atomic_write_text(cache, json.dumps(result, indent=1))
     return result
 
 

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sqlite3
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +28,7 @@ from typing import Any
 import yaml
 
 from ..core.errors import ConfigError, did_you_mean
+from ..core.files import atomic_write_text
 from ..train import read_metrics
 from .stats import best_over, welch_test
 from .table import markdown_table
@@ -56,17 +55,7 @@ def write_run(run_dir: str | Path, record: Mapping[str, Any]) -> None:
     """Write ``run.json`` atomically (temporary file, fsync, rename): readers never see half a record."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_jsonable(record), indent=2)
-    fd, tmp = tempfile.mkstemp(prefix=".run-", suffix=".json", dir=run_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, run_dir / RUN_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(run_dir / RUN_FILE, json.dumps(_jsonable(record), indent=2))
 
 
 def _jsonable(v: Any) -> Any:

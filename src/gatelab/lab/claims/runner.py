@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import ConfigError
+from ...core.files import atomic_write_text
 from ...core.registry import get, names
 from ..provenance import machine_description
 from ..runs import RUN_FILE, read_run
@@ -186,7 +187,7 @@ def write_report(results: Sequence[ClaimResult], out_dir: Path, *, seeds: int,
     payload = {"written": stamp, "machine": machine, "omp_num_threads": threads, "seeds": seeds,
                "budget": budget.DESCRIPTION, "overrides": [list(o) for o in overrides], "pending": list(pending),
                "results": [r.to_dict() for r in results]}
-    _atomic_write(out_dir / "claims.json", json.dumps(payload, indent=1))
+    atomic_write_text(out_dir / "claims.json", json.dumps(payload, indent=1))
     lines = ["# gatelab claims", "", f"Written {stamp} on {machine}, OMP_NUM_THREADS={threads}.", "",
              _budget_line(seeds, overrides), "",
              "Verdict rule: a gap no larger than the larger seed standard deviation is \"no effect\"; otherwise "
@@ -209,10 +210,4 @@ def write_report(results: Sequence[ClaimResult], out_dir: Path, *, seeds: int,
         lines += ["## Failed runs (left out of the findings above)", "", *failed, ""]
     if pending:
         lines += ["## Not run yet", "", "- " + ", ".join(pending), ""]
-    _atomic_write(out_dir / "claims.md", "\n".join(lines))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(out_dir / "claims.md", "\n".join(lines))
