@@ -33,7 +33,9 @@ import yaml
 
 from ..core.errors import ConfigError, GatelabError
 from . import plots
+from ..train import read_metrics
 from .analysis import per_layer, run_analysis, sink_per_layer
+from .runs import RUN_FILE, read_run
 from .stats import best_over, mean_std
 from .table import markdown_table
 
@@ -122,10 +124,8 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     try:
         config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
-        records = [json.loads(line) for line in (path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-                   if line.strip()]
-        meta_file = path / "run.json"
-        meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+        records = read_metrics(path)
+        meta = read_run(path) if (path / RUN_FILE).is_file() else {}
     except (OSError, ValueError, yaml.YAMLError) as e:
         raise ConfigError(f"run {str(path)!r} cannot be read ({str(e).splitlines()[0]}); "
                           "remove it from RUNS or fix the file") from None
