@@ -356,11 +356,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[tuple[str, str]]) -> d
         parts = dotted.split(".")
         if not all(parts):
             raise ConfigError(f"override key {dotted!r} is malformed; use dotted keys like model.n_layer")
-        out = deep_merge(out, _nest(parts, value))
+        out = deep_merge(out, nest(parts, value))
     return out
 
 
-def _nest(parts: list[str], value: Any) -> dict[str, Any]:
+def nest(parts: list[str], value: Any) -> dict[str, Any]:
+    """['a', 'b'], v -> {'a': {'b': v}}: a dotted key as a partial config."""
     d: Any = value
     for p in reversed(parts):
         d = {p: d}

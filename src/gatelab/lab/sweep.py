@@ -43,7 +43,7 @@ import torch
 import yaml
 
 from ..config import RunConfig, load_config
-from ..core.config import deep_merge, load_yaml, parse, to_dict
+from ..core.config import deep_merge, load_yaml, nest, parse, to_dict
 from ..core.errors import ConfigError
 from ..train import Trainer
 from .provenance import git_revision, library_versions, machine_description
@@ -192,7 +192,7 @@ def _resolve(spec: SweepSpec, variant: str, over: dict[str, Any], point: dict[st
              overrides: list[tuple[str, str]]) -> RunSpec:
     data = deep_merge(spec.base, over)
     for key, value in point.items():
-        data = deep_merge(data, _nest(key.split("."), value))
+        data = deep_merge(data, nest(key.split("."), value))
     label = "/".join([variant, *(f"{k}={v!r}" for k, v in point.items()), f"seed{seed}"])
     seed_overrides = [(k, str(seed)) for k in _SEED_KEYS]
     try:
@@ -204,13 +204,6 @@ def _resolve(spec: SweepSpec, variant: str, over: dict[str, Any], point: dict[st
     run_id = "/".join([variant, *(f"{k}={_fmt(v)}" for k, v in params.items()), f"seed{seed}"])
     cfg.name = run_id
     return RunSpec(run_id, variant, params, seed, cfg)
-
-
-def _nest(parts: list[str], value: Any) -> dict[str, Any]:
-    d: Any = value
-    for p in reversed(parts):
-        d = {p: d}
-    return d
 
 
 def _lookup(tree: dict[str, Any], dotted: str, default: Any) -> Any:
